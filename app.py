@@ -1,0 +1,110 @@
+"""The car inventory API: Chalice routes that translate HTTP into domain calls.
+
+Behaviour lives in chalicelib: the car rules in cars.py, the stores in store/,
+HTTP concerns (problems, ETags, cursors) in http.py.
+"""
+from chalice import Chalice, Response
+
+from chalicelib import cars, config, http
+from chalicelib.store import get_store
+
+app = Chalice(app_name='cars')
+app.register_middleware(http.middleware, 'http')
+
+CARS = '/api/v1/cars'
+CAR = '/api/v1/cars/{car_id}'
+# Chalice checks Content-Type itself and would refuse form posts; accept any
+# here and let http.read_body decide, so every 415 has the same problem body.
+ANY_BODY = ['*/*']
+
+
+@app.route('/', methods=['GET'])
+def index():
+    return Response(body='Hello, world', headers={'Content-Type': 'text/plain; charset=utf-8'})
+
+
+@app.route('/api/v1/health', methods=['GET'])
+@http.handles_errors
+def health():
+    kind = config.store_kind()
+    try:
+        get_store().ping()
+    except Exception as e:  # noqa: BLE001 - any failure means "not reachable"
+        http.log.warning('health check failed: %s', e)
+        raise http.Problem(503, 'the %s store is not reachable' % kind, 'store-unavailable')
+    return {'status': 'ok', 'store': kind}
+
+
+@app.route(CARS, methods=['GET'], content_types=ANY_BODY)
+@http.handles_errors
+def list_cars():
+    request = app.current_request
+    params = http.query_params(request)
+    filters, limit, cursor = cars.validate_list_params(params)
+    after = http.read_cursor(cursor, filters) if cursor else None
+    records, more = get_store().list(filters, after, limit)
+    body = {'cars': [cars.public(r) for r in records], 'next': None}
+    headers = {}
+    if more and records:
+        body['next'] = http.make_cursor(records[-1]['id'], filters)
+        headers['Link'] = http.next_link(CARS, params, body['next'])
+    return Response(body=body, headers=headers)
+
+
+@app.route(CARS, methods=['POST'], content_types=ANY_BODY)
+@http.handles_errors
+def create_car():
+    data = http.read_body(app.current_request)
+    fields = cars.validate_new(data)
+    record = get_store().create({k: fields[k] for k in cars.FIELDS}, fields.get('id'))
+    return http.car_response(record, 201, {'Location': '%s/%s' % (CARS, record['id'])})
+
+
+@app.route(CAR, methods=['GET'], content_types=ANY_BODY)
+@http.handles_errors
+def get_car(car_id):
+    record = get_store().get(car_id)
+    if record is None:
+        raise cars.CarNotFound(car_id)
+    if http.not_modified(app.current_request, record):
+        return Response(body='', status_code=304, headers={'ETag': http.etag(record)})
+    return http.car_response(record)
+
+
+@app.route(CAR, methods=['POST', 'PATCH'], content_types=ANY_BODY)
+@http.handles_errors
+def update_car(car_id):
+    request = app.current_request
+    changes = cars.validate_patch(http.read_body(request))
+    record = get_store().update(car_id, changes, http.write_precondition(request))
+    return http.car_response(record)
+
+
+@app.route(CAR, methods=['PUT'], content_types=ANY_BODY)
+@http.handles_errors
+def put_car(car_id):
+    request = app.current_request
+    data = http.read_body(request)
+    if isinstance(data, dict) and 'id' in data:
+        if data['id'] != car_id:
+            raise cars.InvalidCar([{'field': 'id', 'message': 'must match the id in the path (%s)'
+                                    % car_id}])
+        data = {k: v for k, v in data.items() if k != 'id'}
+    fields = cars.validate_new(data, allow_id=False)
+    # Ids with a 0 exist only in data carried over from the seed: they may be
+    # replaced but never created.
+    if not cars.is_assignable_id(car_id) and get_store().get(car_id) is None:
+        raise cars.InvalidCar([{'field': 'id', 'message': 'a new car id must be 4 digits 1-9'}])
+    record, created = get_store().replace(
+        car_id, {k: fields[k] for k in cars.FIELDS}, http.write_precondition(request),
+        http.only_if_absent(request))
+    headers = {'Location': '%s/%s' % (CARS, car_id)} if created else None
+    return http.car_response(record, 201 if created else 200, headers)
+
+
+@app.route(CAR, methods=['DELETE'], content_types=ANY_BODY)
+@http.handles_errors
+def delete_car(car_id):
+    request = app.current_request
+    get_store().delete(car_id, http.write_precondition(request))
+    return Response(body='', status_code=204)

@@ -1,0 +1,352 @@
+"""The car rules: fields, validation, id rules, versions and listing filters.
+
+The domain knows no framework and no store. Every entry point (HTTP routes, the
+queue, bulk import, the CLI) validates through `validate_new`, `validate_patch`
+and `validate_filters`, so a car is the same thing wherever it comes from.
+
+The field types are declared once, as msgspec types with their constraints; the
+same declarations validate input and produce the JSON Schemas of the OpenAPI
+document (see `schemas`). msgspec is imported lazily: a read of one car never
+needs it, and cold start pays for what a request uses.
+"""
+import datetime
+import re
+import secrets
+import unicodedata
+
+FIELDS = ('make', 'model', 'year', 'trans', 'color')
+OPTIONAL_FIELDS = ('trans', 'color')
+TEXT_FILTERS = ('make', 'model', 'trans', 'color')
+YEAR_MIN = 1886
+ID_DIGITS = '123456789'
+ID_SPACE = len(ID_DIGITS) ** 4  # 6,561 assignable ids
+
+# Route ids: exactly four ASCII digits (the seed's [0-9][0-9][0-9][0-9]).
+_ROUTE_ID = re.compile(r'[0-9]{4}', re.ASCII)
+# Ids a client may choose, and the only ones the server assigns.
+_ASSIGNABLE_ID = re.compile(r'[1-9]{4}', re.ASCII)
+
+# Characters no car field may hold: C0/C1 controls and lone surrogates (which
+# cannot be encoded as UTF-8 and so cannot be stored or returned).
+_BAD = '\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff'
+
+
+def _trimmed_text(min_len, max_len):
+    """A regex for "min_len..max_len characters after trimming white space".
+
+    Expressed as a pattern (not minLength/maxLength) so that the published
+    schema says exactly what the server accepts: leading and trailing white
+    space are allowed and trimmed, and only the trimmed length counts.
+    """
+    edge = '[^\\s%s]' % _BAD
+    inner = '[^%s]' % _BAD
+    if max_len == 1:
+        core = edge
+    else:
+        core = '%s(?:%s{0,%d}%s)?' % (edge, inner, max_len - 2, edge)
+    if min_len == 0:
+        core = '(?:%s)?' % core
+    return '^\\s*%s\\s*$' % core
+
+
+MAKE_MODEL_PATTERN = _trimmed_text(1, 64)
+TRANS_COLOR_PATTERN = _trimmed_text(0, 32)
+ID_PATTERN = '^[1-9]{4}$'
+
+
+def year_max(today=None):
+    return (today or datetime.date.today()).year + 1
+
+
+def year_string_pattern(lo, hi):
+    """A regex for decimal strings whose value is within lo..hi (leading zeros allowed)."""
+    alternatives = []
+    # Split [lo, hi] into runs that share a prefix and vary in the last k digits.
+    n = lo
+    while n <= hi:
+        k = 0
+        while n % (10 ** (k + 1)) == 0 and n + 10 ** (k + 1) - 1 <= hi:
+            k += 1
+        prefix = str(n)[:len(str(n)) - k] if k else str(n)
+        alternatives.append(prefix + '[0-9]' * k)
+        n += 10 ** k
+    return '^0*(?:%s)$' % '|'.join(alternatives)
+
+
+def is_route_id(value):
+    return isinstance(value, str) and _ROUTE_ID.fullmatch(value) is not None
+
+
+def is_assignable_id(value):
+    return isinstance(value, str) and _ASSIGNABLE_ID.fullmatch(value) is not None
+
+
+def all_assignable_ids():
+    d = ID_DIGITS
+    return [a + b + c + e for a in d for b in d for c in d for e in d]
+
+
+def new_revision():
+    """A fresh, unguessable revision token; the ETag is built from it."""
+    return secrets.token_hex(8)
+
+
+# --- errors -----------------------------------------------------------------
+
+class CarError(Exception):
+    """Base of the domain's errors; HTTP and automation map them to responses."""
+
+
+class InvalidCar(CarError):
+    def __init__(self, errors):
+        super().__init__('; '.join('%s: %s' % (e['field'], e['message']) for e in errors))
+        self.errors = errors
+
+
+class CarNotFound(CarError):
+    def __init__(self, car_id):
+        super().__init__('car %s not found' % car_id)
+        self.car_id = car_id
+
+
+class CarExists(CarError):
+    def __init__(self, car_id):
+        super().__init__('car %s already exists' % car_id)
+        self.car_id = car_id
+
+
+class IdSpaceExhausted(CarError):
+    def __init__(self):
+        super().__init__('all %d assignable ids (1111-9999, digits 1-9) are taken; '
+                         'delete a car or create with an id of your choice '
+                         'that is free' % ID_SPACE)
+
+
+class VersionMismatch(CarError):
+    """If-Match / If-None-Match did not hold: nothing was written."""
+
+    def __init__(self, car_id, detail=None):
+        super().__init__(detail or 'car %s has changed since that version' % car_id)
+        self.car_id = car_id
+
+
+# --- validation ---------------------------------------------------------------
+
+_types_cache = {}
+
+
+def _field_types():
+    """msgspec types of the writable fields, for this calendar year."""
+    hi = year_max()
+    cached = _types_cache.get(hi)
+    if cached:
+        return cached
+    from typing import Annotated, Optional, Union
+
+    import msgspec
+    Meta = msgspec.Meta
+    text = Annotated[str, Meta(pattern=MAKE_MODEL_PATTERN, description=(
+        '1-64 characters after trimming white space; no control characters'))]
+    opt = Optional[Annotated[str, Meta(pattern=TRANS_COLOR_PATTERN, description=(
+        'At most 32 characters after trimming white space; blank or null reads as null'))]]
+    year = Union[
+        Annotated[int, Meta(ge=YEAR_MIN, le=hi)],
+        Annotated[str, Meta(pattern=year_string_pattern(YEAR_MIN, hi), description=(
+            'A string of digits, accepted for form posts and old clients'))],
+    ]
+    car_id = Annotated[str, Meta(pattern=ID_PATTERN, description=(
+        'Four digits 1-9; the server assigns one when absent'))]
+    types = {'id': car_id, 'make': text, 'model': text, 'year': year,
+             'trans': opt, 'color': opt}
+    messages = {
+        'id': 'must be a string of exactly 4 digits 1-9 (e.g. "8273")',
+        'make': 'must be a string of 1-64 characters after trimming white space, '
+                'without control characters',
+        'model': 'must be a string of 1-64 characters after trimming white space, '
+                 'without control characters',
+        'year': 'must be an integer (or a string of digits) from %d to %d' % (YEAR_MIN, hi),
+        'trans': 'must be a string of at most 32 characters after trimming white space, '
+                 'without control characters, or null',
+        'color': 'must be a string of at most 32 characters after trimming white space, '
+                 'without control characters, or null',
+    }
+    _types_cache.clear()
+    _types_cache[hi] = (types, messages)
+    return types, messages
+
+
+def _check_field(name, value, types, messages):
+    """Return (normalized value, error message or None)."""
+    import msgspec
+    try:
+        msgspec.convert(value, types[name], strict=True)
+    except msgspec.ValidationError:
+        return None, messages[name]
+    if name == 'year':
+        return int(value), None
+    if isinstance(value, str):
+        value = unicodedata.normalize('NFC', value.strip())
+        if name in OPTIONAL_FIELDS and value == '':
+            value = None
+    return value, None
+
+
+def _field_errors(data, allowed):
+    if not isinstance(data, dict):
+        return [{'field': '', 'message': 'the body must be a JSON object (or a form) of car fields'}]
+    return [{'field': str(k), 'message': 'unknown field; allowed fields are %s'
+             % ', '.join(allowed)}
+            for k in data if k not in allowed]
+
+
+def validate_new(data, allow_id=True):
+    """Validate a whole car (create or replace). Return the normalized fields.
+
+    Raises InvalidCar listing every bad field at once.
+    """
+    allowed = (('id',) if allow_id else ()) + FIELDS
+    errors = _field_errors(data, allowed)
+    if errors and not isinstance(data, dict):
+        raise InvalidCar(errors)
+    types, messages = _field_types()
+    out = {}
+    for name in allowed:
+        if name not in data:
+            if name in ('make', 'model', 'year'):
+                errors.append({'field': name, 'message': 'is required'})
+            elif name in OPTIONAL_FIELDS:
+                out[name] = None
+            continue
+        value, problem = _check_field(name, data[name], types, messages)
+        if problem:
+            errors.append({'field': name, 'message': problem})
+        else:
+            out[name] = value
+    if errors:
+        raise InvalidCar(errors)
+    return out
+
+
+def validate_patch(data):
+    """Validate a partial update: only the fields given; null clears an optional one."""
+    errors = _field_errors(data, FIELDS)
+    if errors and not isinstance(data, dict):
+        raise InvalidCar(errors)
+    types, messages = _field_types()
+    out = {}
+    for name in FIELDS:
+        if name not in data:
+            continue
+        value, problem = _check_field(name, data[name], types, messages)
+        if problem:
+            errors.append({'field': name, 'message': problem})
+        else:
+            out[name] = value
+    if errors:
+        raise InvalidCar(errors)
+    return out
+
+
+def public(record):
+    """The representation clients see: the six fields, always all of them."""
+    return {'id': record['id'], 'make': record['make'], 'model': record['model'],
+            'year': record['year'], 'trans': record.get('trans'),
+            'color': record.get('color')}
+
+
+def search_key(value):
+    """The case-insensitive form stored beside a text field, for exact filters."""
+    return None if value is None else unicodedata.normalize('NFC', value).casefold()
+
+
+# --- listing ------------------------------------------------------------------
+
+LIMIT_DEFAULT = 100
+LIMIT_MAX = 1000
+FILTER_PARAMS = TEXT_FILTERS + ('year', 'year_min', 'year_max')
+LIST_PARAMS = FILTER_PARAMS + ('limit', 'cursor')
+
+
+class Filters(object):
+    """Normalized listing filters: text filters are casefolded, years are ints."""
+
+    __slots__ = ('text', 'year_min', 'year_max')
+
+    def __init__(self, text=None, year_min=None, year_max=None):
+        self.text = text or {}
+        self.year_min = year_min
+        self.year_max = year_max
+
+    def fingerprint(self):
+        """A stable description, to bind a cursor to the filters it was made with."""
+        parts = ['%s=%s' % kv for kv in sorted(self.text.items())]
+        parts.append('y>=%s' % self.year_min)
+        parts.append('y<=%s' % self.year_max)
+        return '&'.join(parts)
+
+    def matches(self, record):
+        for name, wanted in self.text.items():
+            if search_key(record.get(name)) != wanted:
+                return False
+        if self.year_min is not None and record['year'] < self.year_min:
+            return False
+        if self.year_max is not None and record['year'] > self.year_max:
+            return False
+        return True
+
+    def is_empty(self):
+        return not self.text and self.year_min is None and self.year_max is None
+
+
+def _int_param(name, value, lo, hi, errors):
+    if not isinstance(value, str) or not re.fullmatch(r'[0-9]{1,9}', value, re.ASCII):
+        errors.append({'field': name, 'message': 'must be a whole number from %d to %d'
+                       % (lo, hi)})
+        return None
+    n = int(value)
+    if not lo <= n <= hi:
+        errors.append({'field': name, 'message': 'must be a whole number from %d to %d'
+                       % (lo, hi)})
+        return None
+    return n
+
+
+def validate_list_params(params):
+    """Validate listing query parameters. Return (filters, limit, cursor or None).
+
+    `params` maps names to single strings; unknown parameters are rejected, as
+    unknown body fields are, so a typo never silently lists everything.
+    """
+    errors = [{'field': k, 'message': 'unknown query parameter; allowed are %s'
+               % ', '.join(LIST_PARAMS)} for k in params if k not in LIST_PARAMS]
+    text = {}
+    for name in TEXT_FILTERS:
+        if name in params:
+            value = params[name]
+            if (not isinstance(value, str) or len(value) > 64
+                    or re.search('[%s]' % _BAD, value)):
+                errors.append({'field': name, 'message': 'must be at most 64 characters, '
+                               'without control characters'})
+            else:
+                # A blank value matches cars that have none (null trans/color).
+                text[name] = search_key(value.strip()) or None
+    hi = year_max()
+    years = {}
+    for name in ('year', 'year_min', 'year_max'):
+        if name in params:
+            years[name] = _int_param(name, params[name], YEAR_MIN, hi, errors)
+    limit = LIMIT_DEFAULT
+    if 'limit' in params:
+        limit = _int_param('limit', params['limit'], 1, LIMIT_MAX, errors)
+    cursor = params.get('cursor')
+    if cursor is not None and (not isinstance(cursor, str) or not cursor):
+        errors.append({'field': 'cursor', 'message': 'must be the "next" value of a previous page'})
+    if errors:
+        raise InvalidCar(errors)
+    lo = years.get('year_min')
+    up = years.get('year_max')
+    if years.get('year') is not None:
+        y = years['year']
+        lo = y if lo is None else max(lo, y)
+        up = y if up is None else min(up, y)
+    return Filters(text, lo, up), limit, cursor

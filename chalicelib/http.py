@@ -1,0 +1,354 @@
+"""HTTP concerns in one place: problem responses, body parsing, ETags, cursors.
+
+Routes in app.py translate requests into domain calls through these helpers;
+the domain (chalicelib.cars) and the stores know nothing of HTTP.
+"""
+import base64
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import urllib.parse
+
+from chalice import Response
+
+from chalicelib import cars
+
+log = logging.getLogger('cars.http')
+
+MAX_BODY = 64 * 1024
+JSON = 'application/json'
+FORM = 'application/x-www-form-urlencoded'
+PROBLEM = 'application/problem+json'
+BODY_TYPES = (JSON, FORM)
+REASONS = {400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found',
+           405: 'Method Not Allowed', 409: 'Conflict', 412: 'Precondition Failed',
+           413: 'Content Too Large', 415: 'Unsupported Media Type',
+           422: 'Unprocessable Content', 428: 'Precondition Required',
+           500: 'Internal Server Error', 503: 'Service Unavailable'}
+
+
+class Problem(Exception):
+    """An error to answer with an RFC 9457 problem body."""
+
+    def __init__(self, status, detail, slug=None, errors=None, headers=None, title=None):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug
+        self.errors = errors
+        self.headers = headers or {}
+        self.title = title
+
+
+def problem_response(status, detail, slug=None, errors=None, headers=None, title=None):
+    body = {
+        # Typed problems link to their explanation in the docs page; the rest
+        # mean no more than their status code (RFC 9457 "about:blank").
+        'type': '/api/v1/docs#problem-%s' % slug if slug else 'about:blank',
+        'title': title or REASONS.get(status, 'Error'),
+        'status': status,
+        'detail': detail,
+    }
+    if errors is not None:
+        body['errors'] = errors
+    out_headers = {'Content-Type': PROBLEM}
+    out_headers.update(headers or {})
+    return Response(body=body, status_code=status, headers=out_headers)
+
+
+def from_domain_error(error):
+    """Map a domain error to its problem response."""
+    if isinstance(error, cars.InvalidCar):
+        return problem_response(422, 'the request breaks the car rules; see errors',
+                                'invalid-car', errors=error.errors)
+    if isinstance(error, cars.CarNotFound):
+        return problem_response(404, str(error), 'car-not-found')
+    if isinstance(error, cars.CarExists):
+        return problem_response(409, str(error), 'car-exists')
+    if isinstance(error, cars.IdSpaceExhausted):
+        return problem_response(409, str(error), 'id-space-exhausted',
+                                title='No free car id')
+    if isinstance(error, cars.VersionMismatch):
+        return problem_response(412, str(error), 'version-mismatch')
+    raise error
+
+
+def handles_errors(view):
+    """Turn domain errors, Problems and unexpected failures into problem responses.
+
+    Chalice catches view exceptions before middleware sees them, so this wraps
+    each view; unexpected failures are logged with their trace and answered
+    with a bare 500 that reveals nothing.
+    """
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        try:
+            return view(*args, **kwargs)
+        except Problem as p:
+            return problem_response(p.status, p.detail, p.slug, p.errors, p.headers, p.title)
+        except cars.CarError as e:
+            return from_domain_error(e)
+        except Exception as e:  # noqa: BLE001 - the last line of defence
+            if _is_store_unavailable(e):
+                log.warning('store unavailable: %s', e)
+                return problem_response(503, 'the car store is busy or unreachable; '
+                                        'retry shortly', 'store-unavailable',
+                                        headers={'Retry-After': '1'})
+            log.exception('unhandled error')
+            return problem_response(500, 'an internal error occurred; it has been logged')
+    return wrapper
+
+
+def _is_store_unavailable(error):
+    name = type(error).__name__
+    if name == 'OperationalError':  # sqlite: locked or busy past the timeout
+        return True
+    if name in ('EndpointConnectionError', 'ConnectTimeoutError', 'ReadTimeoutError'):
+        return True
+    code = getattr(error, 'response', {}).get('Error', {}).get('Code', '')
+    return code in ('ProvisionedThroughputExceededException', 'ThrottlingException',
+                    'RequestLimitExceeded', 'InternalServerError',
+                    'ServiceUnavailable', 'ResourceNotFoundException')
+
+
+# --- the middleware: route ids and Chalice's own errors ------------------------
+
+def middleware(event, get_response):
+    """Every request passes here: the id rule, and problem bodies for all errors.
+
+    The seed routed ids with [0-9]{4}; Chalice captures any segment, so the rule
+    is enforced here, once, for every method.
+    """
+    params = getattr(event, 'uri_params', None) or {}
+    if 'car_id' in params and not cars.is_route_id(params['car_id']):
+        return problem_response(404, 'no such resource: a car id is exactly 4 digits',
+                                'car-not-found')
+    response = get_response(event)
+    return as_problem(response)
+
+
+def as_problem(response):
+    """Re-shape Chalice's own error bodies ({"Code", "Message"}) as problems."""
+    if response.status_code < 400:
+        return response
+    headers = {k.lower(): v for k, v in response.headers.items()}
+    if headers.get('content-type', '').startswith(PROBLEM):
+        return response
+    status = response.status_code
+    message = REASONS.get(status, 'error')
+    if isinstance(response.body, dict):
+        message = response.body.get('Message') or response.body.get('message') or message
+    if status >= 500:
+        message = 'an internal error occurred; it has been logged'
+    elif status == 415:
+        message = 'send application/json or application/x-www-form-urlencoded'
+    keep = {k: v for k, v in response.headers.items()
+            if k.lower() not in ('content-type', 'content-length')}
+    return problem_response(status, message, headers=keep)
+
+
+# --- request bodies ---------------------------------------------------------------
+
+def media_type(request):
+    raw = request.headers.get('content-type') or ''
+    parts = raw.split(';')
+    mime = parts[0].strip().lower()
+    params = {}
+    for p in parts[1:]:
+        if '=' in p:
+            k, v = p.split('=', 1)
+            params[k.strip().lower()] = v.strip().strip('"').lower()
+    return mime, params
+
+
+def read_body(request):
+    """Parse a JSON or form body into a dict (or whatever JSON value was sent).
+
+    400 for bytes that are not the declared format, 413 over 64 KiB, 415 for
+    other media types.
+    """
+    raw = request.raw_body or b''
+    if len(raw) > MAX_BODY:
+        raise Problem(413, 'the body is %d bytes; at most %d are accepted'
+                      % (len(raw), MAX_BODY), 'body-too-large')
+    mime, params = media_type(request)
+    if mime and mime not in BODY_TYPES and not (mime.startswith('application/')
+                                                 and mime.endswith('+json')):
+        raise Problem(415, 'send %s or %s, not %s' % (JSON, FORM, mime), 'unsupported-media-type')
+    charset = params.get('charset', 'utf-8')
+    if charset not in ('utf-8', 'utf8'):
+        raise Problem(415, 'bodies must be UTF-8, not %s' % charset, 'unsupported-media-type')
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise Problem(400, 'the body is not valid UTF-8 (byte %d)' % e.start, 'malformed-body')
+    if mime == FORM and not text.lstrip().startswith('{'):
+        return parse_form(text)
+    # JSON, or a form post whose body is JSON (curl -d '{...}' sends it that way).
+    if not text.strip():
+        raise Problem(400, 'the body is empty; send a JSON object', 'malformed-body')
+    return parse_json(text)
+
+
+def _reject_constant(name):
+    raise ValueError('%s is not valid JSON' % name)
+
+
+def parse_json(text):
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise Problem(400, 'the JSON body is nested too deeply', 'malformed-body')
+    except ValueError as e:
+        raise Problem(400, 'the body is not valid JSON: %s' % e, 'malformed-body')
+
+
+def parse_form(text):
+    try:
+        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
+                                       encoding='utf-8', errors='strict', max_num_fields=64)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise Problem(400, 'the form body is malformed: %s' % e, 'malformed-body')
+    data = {}
+    errors = []
+    for key, value in pairs:
+        if key in data:
+            errors.append({'field': key, 'message': 'given more than once'})
+        data[key] = value
+    if errors:
+        raise cars.InvalidCar(errors)
+    return data
+
+
+# --- query parameters ---------------------------------------------------------------
+
+def query_params(request):
+    """Single-valued query parameters; a repeated one is an error, not a guess."""
+    multi = (request.to_original_event() or {}).get('multiValueQueryStringParameters') or {}
+    params, errors = {}, []
+    for name, values in multi.items():
+        if len(values) != 1:
+            errors.append({'field': name, 'message': 'given more than once'})
+        else:
+            params[name] = values[0]
+    if not multi and request.query_params:
+        params = dict(request.query_params)
+    if errors:
+        raise Problem(400, 'invalid query parameters', 'invalid-query', errors=errors)
+    return params
+
+
+# --- ETags and preconditions -------------------------------------------------------------
+
+def etag(record):
+    return '"%d-%s"' % (record['version'], record['rev'])
+
+
+def _tags(header):
+    """Split an If-Match / If-None-Match value into (weak, opaque) pairs."""
+    out = []
+    for part in header.split(','):
+        part = part.strip()
+        if not part:
+            continue
+        weak = part.startswith('W/')
+        if weak:
+            part = part[2:]
+        out.append((weak, part))
+    return out
+
+
+def _rev_of(opaque):
+    if len(opaque) >= 2 and opaque[0] == '"' and opaque[-1] == '"' and '-' in opaque:
+        return opaque[1:-1].rsplit('-', 1)[1]
+    return None
+
+
+def write_precondition(request):
+    """The store's `expect` from If-Match: None, '*', or a tuple of revisions."""
+    header = request.headers.get('if-match')
+    if header is None:
+        return None
+    if header.strip() == '*':
+        return '*'
+    # If-Match uses the strong comparison: weak tags never match.
+    revs = tuple(r for weak, tag in _tags(header) if not weak
+                 for r in [_rev_of(tag)] if r)
+    return revs or ('\x00no-match',)
+
+
+def only_if_absent(request):
+    """True for `If-None-Match: *` on PUT (create, never replace)."""
+    header = request.headers.get('if-none-match')
+    if header is None:
+        return False
+    if header.strip() == '*':
+        return True
+    raise Problem(400, 'on writes If-None-Match may only be "*"', 'invalid-precondition')
+
+
+def not_modified(request, record):
+    """True when If-None-Match matches the car's current tag (weak comparison)."""
+    header = request.headers.get('if-none-match')
+    if header is None:
+        return False
+    if header.strip() == '*':
+        return True
+    current = etag(record)
+    return any(tag == current for _, tag in _tags(header))
+
+
+def car_response(record, status=200, headers=None):
+    out = {'ETag': etag(record), 'Content-Type': JSON}
+    out.update(headers or {})
+    return Response(body=cars.public(record), status_code=status, headers=out)
+
+
+# --- cursors ------------------------------------------------------------------------
+
+# Cursors are integrity-checked, not secret: a changed byte or other filters
+# fail the check and get a 400 instead of a silently wrong page.
+_CURSOR_KEY = b'cars-api-cursor-v1'
+
+
+def _sign(payload):
+    return hmac.new(_CURSOR_KEY, payload, hashlib.sha256).digest()[:12]
+
+
+def _filters_digest(filters):
+    return hashlib.sha256(filters.fingerprint().encode('utf-8')).hexdigest()[:16]
+
+
+def make_cursor(after, filters):
+    payload = json.dumps([after, _filters_digest(filters)], separators=(',', ':')).encode()
+    token = payload + _sign(payload)
+    return base64.urlsafe_b64encode(token).decode('ascii').rstrip('=')
+
+
+def read_cursor(cursor, filters):
+    """The id the cursor continues after; 400 if it was altered or mismatched."""
+    bad = Problem(400, 'the cursor is not one this API issued for these filters; '
+                  'start again without it', 'invalid-cursor',
+                  errors=[{'field': 'cursor', 'message': 'altered, or made with other filters'}])
+    try:
+        raw = base64.urlsafe_b64decode(cursor + '=' * (-len(cursor) % 4))
+    except (ValueError, TypeError):
+        raise bad
+    payload, sig = raw[:-12], raw[-12:]
+    if len(raw) <= 12 or not hmac.compare_digest(sig, _sign(payload)):
+        raise bad
+    try:
+        after, digest = json.loads(payload)
+    except (ValueError, TypeError):
+        raise bad
+    if digest != _filters_digest(filters) or not cars.is_route_id(after):
+        raise bad
+    return after
+
+
+def next_link(path, params, cursor):
+    query = {k: v for k, v in params.items() if k != 'cursor'}
+    query['cursor'] = cursor
+    return '<%s?%s>; rel="next"' % (path, urllib.parse.urlencode(query))

@@ -1,0 +1,348 @@
+"""The DynamoDB store: the default inside Lambda.
+
+Key design: every car lives in one item collection, partition key `pk = "CAR"`
+and sort key `sk = <id>`. A Query on that partition returns cars in ascending
+id order, page by page, which is what the listing contract needs (a Scan would
+return hash order). One partition holds at most 6,561 small items (well under
+a megabyte per thousand cars) and takes up to 3,000 reads and 1,000 writes a
+second, ample for an inventory. Other item kinds (idempotency keys) use other
+partition keys in the same table, so a replay is as durable as the car.
+
+Every single-car operation is one request: writes carry their precondition as
+a ConditionExpression and ask for the item back (`ReturnValues`, and
+`ReturnValuesOnConditionCheckFailure` to tell "missing" from "stale").
+"""
+import random
+import threading
+import time
+
+from chalicelib import cars, config
+from chalicelib.store.base import Store, now_iso
+
+CAR_PK = 'CAR'
+_TEXT = cars.TEXT_FILTERS
+BATCH = 25
+# Items one filtered Query reads before filtering (bounds a request's cost).
+LIST_READ_BATCH = 1000
+
+
+def _s(value):
+    return {'S': value}
+
+
+def _n(value):
+    return {'N': str(value)}
+
+
+def to_item(record):
+    item = {'pk': _s(CAR_PK), 'sk': _s(record['id']), 'id': _s(record['id']),
+            'make': _s(record['make']), 'model': _s(record['model']),
+            'year': _n(record['year']), 'version': _n(record['version']),
+            'rev': _s(record['rev']), 'created_at': _s(record['created_at']),
+            'updated_at': _s(record['updated_at'])}
+    for name in _TEXT:
+        if record.get(name) is not None:
+            if name in cars.OPTIONAL_FIELDS:
+                item[name] = _s(record[name])
+            item[name + '_key'] = _s(cars.search_key(record[name]))
+    return item
+
+
+def from_item(item):
+    def s(name):
+        v = item.get(name)
+        return v['S'] if v else None
+    return {'id': s('id'), 'make': s('make'), 'model': s('model'),
+            'year': int(item['year']['N']), 'trans': s('trans'), 'color': s('color'),
+            'version': int(item['version']['N']) if 'version' in item else 1,
+            'rev': s('rev') or '', 'created_at': s('created_at'),
+            'updated_at': s('updated_at')}
+
+
+class DynamoDBStore(Store):
+    kind = 'dynamodb'
+
+    def __init__(self, table):
+        self.table = table
+        self._client = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        # Created on first use: importing boto3 and building a client is the
+        # largest cold-start cost, paid only by requests that need the table.
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import boto3
+                    from botocore.config import Config
+                    self._client = boto3.client(
+                        'dynamodb', endpoint_url=config.dynamodb_endpoint(),
+                        config=Config(retries={'mode': 'standard', 'max_attempts': 4},
+                                      connect_timeout=3, read_timeout=10,
+                                      max_pool_connections=50))
+        return self._client
+
+    @staticmethod
+    def _failed_condition(error):
+        return error.response.get('Error', {}).get('Code') == 'ConditionalCheckFailedException'
+
+    def _key(self, car_id):
+        return {'pk': _s(CAR_PK), 'sk': _s(car_id)}
+
+    def ping(self):
+        self.client.get_item(TableName=self.table, Key={'pk': _s('HEALTH'), 'sk': _s('-')})
+
+    # --- reads ----------------------------------------------------------------
+
+    def get(self, car_id):
+        item = self.client.get_item(TableName=self.table, Key=self._key(car_id),
+                                    ConsistentRead=True).get('Item')
+        return from_item(item) if item else None
+
+    def list(self, filters, after, limit):
+        names = {'#pk': 'pk'}
+        values = {':pk': _s(CAR_PK)}
+        key_cond = '#pk = :pk'
+        if after is not None:
+            names['#sk'] = 'sk'
+            values[':after'] = _s(after)
+            key_cond += ' AND #sk > :after'
+        conds = []
+        for name, wanted in filters.text.items():
+            names['#' + name] = name + '_key'
+            if wanted is None:
+                conds.append('attribute_not_exists(#%s)' % name)
+            else:
+                values[':' + name] = _s(wanted)
+                conds.append('#%s = :%s' % (name, name))
+        if filters.year_min is not None or filters.year_max is not None:
+            names['#year'] = 'year'
+        if filters.year_min is not None:
+            values[':ymin'] = _n(filters.year_min)
+            conds.append('#year >= :ymin')
+        if filters.year_max is not None:
+            values[':ymax'] = _n(filters.year_max)
+            conds.append('#year <= :ymax')
+        kwargs = {'TableName': self.table, 'KeyConditionExpression': key_cond,
+                  'ExpressionAttributeNames': names, 'ExpressionAttributeValues': values,
+                  'ConsistentRead': True}
+        if conds:
+            kwargs['FilterExpression'] = ' AND '.join(conds)
+        found = []
+        while True:
+            # Unfiltered, limit+1 items answer "is there more?" in one request.
+            # Filtered, Limit bounds what one request reads before filtering.
+            kwargs['Limit'] = LIST_READ_BATCH if conds else limit + 1 - len(found)
+            page = self.client.query(**kwargs)
+            found.extend(page.get('Items', ()))
+            start = page.get('LastEvaluatedKey')
+            if len(found) > limit or not start:
+                break
+            kwargs['ExclusiveStartKey'] = start
+        records = [from_item(i) for i in found[:limit]]
+        return records, len(found) > limit
+
+    def all_ids(self):
+        ids = []
+        kwargs = {'TableName': self.table, 'KeyConditionExpression': 'pk = :pk',
+                  'ExpressionAttributeValues': {':pk': _s(CAR_PK)},
+                  'ProjectionExpression': 'sk', 'ConsistentRead': True}
+        while True:
+            page = self.client.query(**kwargs)
+            ids.extend(i['sk']['S'] for i in page.get('Items', ()))
+            if not page.get('LastEvaluatedKey'):
+                return ids
+            kwargs['ExclusiveStartKey'] = page['LastEvaluatedKey']
+
+    def count(self):
+        return len(self.all_ids())
+
+    # --- writes ---------------------------------------------------------------
+
+    def _put_new(self, car_id, fields):
+        now = now_iso()
+        record = dict(fields, id=car_id, version=1, rev=cars.new_revision(),
+                      created_at=now, updated_at=now)
+        from botocore.exceptions import ClientError
+        try:
+            self.client.put_item(TableName=self.table, Item=to_item(record),
+                                 ConditionExpression='attribute_not_exists(pk)')
+        except ClientError as e:
+            if self._failed_condition(e):
+                return None
+            raise
+        return record
+
+    def create(self, fields, car_id=None):
+        if car_id is not None:
+            record = self._put_new(car_id, fields)
+            if record is None:
+                raise cars.CarExists(car_id)
+            return record
+        # Random probes succeed at once while the space has room. When they
+        # collide, read the taken ids once and draw only from the free ones;
+        # a lost race removes that id and draws again, so the work is bounded
+        # by the number of free ids, never an open-ended retry loop.
+        for _ in range(3):
+            candidate = ''.join(random.choice(cars.ID_DIGITS) for _ in range(4))
+            record = self._put_new(candidate, fields)
+            if record is not None:
+                return record
+        for _ in range(3):
+            taken = set(self.all_ids())
+            free = [i for i in cars.all_assignable_ids() if i not in taken]
+            random.shuffle(free)
+            if not free:
+                break
+            for candidate in free[:64]:
+                record = self._put_new(candidate, fields)
+                if record is not None:
+                    return record
+        raise cars.IdSpaceExhausted()
+
+    def _condition(self, expect, values, names):
+        if expect is None:
+            return 'attribute_exists(pk)'
+        if expect == '*':
+            return 'attribute_exists(pk)'
+        names['#rev'] = 'rev'
+        placeholders = []
+        for i, rev in enumerate(expect[:50]):
+            values[':rev%d' % i] = _s(rev)
+            placeholders.append(':rev%d' % i)
+        return 'attribute_exists(pk) AND #rev IN (%s)' % ', '.join(placeholders)
+
+    def _set_fields(self, fields, names, values, sets, removes):
+        for name, value in fields.items():
+            names['#' + name] = name
+            if value is None:
+                removes.append('#' + name)
+            else:
+                values[':' + name] = _n(value) if name == 'year' else _s(value)
+                sets.append('#%s = :%s' % (name, name))
+            if name in _TEXT:
+                names['#%s_key' % name] = name + '_key'
+                if value is None:
+                    removes.append('#%s_key' % name)
+                else:
+                    values[':%s_key' % name] = _s(cars.search_key(value))
+                    sets.append('#%s_key = :%s_key' % (name, name))
+
+    def update(self, car_id, changes, expect=None):
+        names = {'#version': 'version', '#rev': 'rev', '#updated_at': 'updated_at'}
+        values = {':one': _n(1), ':newrev': _s(cars.new_revision()), ':now': _s(now_iso())}
+        sets = ['#version = #version + :one', '#rev = :newrev', '#updated_at = :now']
+        removes = []
+        self._set_fields(changes, names, values, sets, removes)
+        condition = self._condition(expect, values, names)
+        expression = 'SET ' + ', '.join(sets)
+        if removes:
+            expression += ' REMOVE ' + ', '.join(removes)
+        from botocore.exceptions import ClientError
+        try:
+            result = self.client.update_item(
+                TableName=self.table, Key=self._key(car_id), UpdateExpression=expression,
+                ConditionExpression=condition, ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values, ReturnValues='ALL_NEW',
+                ReturnValuesOnConditionCheckFailure='ALL_OLD')
+        except ClientError as e:
+            if not self._failed_condition(e):
+                raise
+            if not e.response.get('Item'):
+                raise cars.CarNotFound(car_id)
+            raise cars.VersionMismatch(car_id)
+        return from_item(result['Attributes'])
+
+    def replace(self, car_id, fields, expect=None, only_if_absent=False):
+        now = now_iso()
+        names = {'#version': 'version', '#rev': 'rev', '#updated_at': 'updated_at',
+                 '#created_at': 'created_at', '#id': 'id'}
+        values = {':one': _n(1), ':zero': _n(0), ':newrev': _s(cars.new_revision()),
+                  ':now': _s(now), ':id': _s(car_id)}
+        sets = ['#version = if_not_exists(#version, :zero) + :one', '#rev = :newrev',
+                '#updated_at = :now', '#created_at = if_not_exists(#created_at, :now)',
+                '#id = :id']
+        removes = []
+        self._set_fields({name: fields.get(name) for name in cars.FIELDS},
+                         names, values, sets, removes)
+        if only_if_absent:
+            condition = 'attribute_not_exists(pk)'
+        elif expect is None:
+            condition = None
+        else:
+            condition = self._condition(expect, values, names)
+        expression = 'SET ' + ', '.join(sets)
+        if removes:
+            expression += ' REMOVE ' + ', '.join(removes)
+        kwargs = dict(TableName=self.table, Key=self._key(car_id), UpdateExpression=expression,
+                      ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+                      ReturnValues='ALL_NEW')
+        if condition:
+            kwargs['ConditionExpression'] = condition
+            kwargs['ReturnValuesOnConditionCheckFailure'] = 'ALL_OLD'
+        from botocore.exceptions import ClientError
+        try:
+            result = self.client.update_item(**kwargs)
+        except ClientError as e:
+            if not self._failed_condition(e):
+                raise
+            if only_if_absent:
+                raise cars.VersionMismatch(car_id, 'car %s already exists' % car_id)
+            if not e.response.get('Item'):
+                raise cars.VersionMismatch(car_id, 'car %s does not exist' % car_id)
+            raise cars.VersionMismatch(car_id)
+        record = from_item(result['Attributes'])
+        return record, record['version'] == 1
+
+    def delete(self, car_id, expect=None):
+        names, values = {}, {}
+        condition = self._condition(expect, values, names)
+        kwargs = dict(TableName=self.table, Key=self._key(car_id),
+                      ConditionExpression=condition, ReturnValues='ALL_OLD',
+                      ReturnValuesOnConditionCheckFailure='ALL_OLD')
+        if names:
+            kwargs['ExpressionAttributeNames'] = names
+        if values:
+            kwargs['ExpressionAttributeValues'] = values
+        from botocore.exceptions import ClientError
+        try:
+            result = self.client.delete_item(**kwargs)
+        except ClientError as e:
+            if not self._failed_condition(e):
+                raise
+            if not e.response.get('Item'):
+                raise cars.CarNotFound(car_id)
+            raise cars.VersionMismatch(car_id)
+        return from_item(result['Attributes'])
+
+    def put_many(self, items):
+        """BatchWriteItem, 25 a request; unprocessed items retried with backoff.
+
+        A batch write cannot be conditional, so a replaced car starts again at
+        version 1 (with a new revision, so old ETags no longer match).
+        """
+        now = now_iso()
+        latest = {}
+        for fields in items:
+            # One batch may not name a key twice; the last row for an id wins.
+            latest[fields['id']] = fields
+        requests = []
+        for fields in latest.values():
+            record = {name: fields.get(name) for name in cars.FIELDS}
+            record.update(id=fields['id'], version=1, rev=cars.new_revision(),
+                          created_at=now, updated_at=now)
+            requests.append({'PutRequest': {'Item': to_item(record)}})
+        written = 0
+        for start in range(0, len(requests), BATCH):
+            pending = requests[start:start + BATCH]
+            delay = 0.05
+            while pending:
+                result = self.client.batch_write_item(RequestItems={self.table: pending})
+                left = result.get('UnprocessedItems', {}).get(self.table, [])
+                written += len(pending) - len(left)
+                pending = left
+                if pending:
+                    time.sleep(delay + random.random() * delay)
+                    delay = min(delay * 2, 2.0)
+        return len(items) if written == len(requests) else written

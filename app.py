@@ -3,9 +3,9 @@
 Behaviour lives in chalicelib: the car rules in cars.py, the stores in store/,
 HTTP concerns (problems, ETags, cursors) in http.py.
 """
-from chalice import Chalice, Response
+from chalice import Chalice, Rate, Response
 
-from chalicelib import cars, config, http
+from chalicelib import automation, cars, config, http
 from chalicelib.store import get_store
 
 app = Chalice(app_name='cars')
@@ -108,3 +108,30 @@ def delete_car(car_id):
     request = app.current_request
     get_store().delete(car_id, http.write_precondition(request))
     return Response(body='', status_code=204)
+
+
+# --- automation: event handlers ---------------------------------------------------
+# Thin: each hands its event to chalicelib/automation.py. The queue name, the
+# bucket in the EventBridge pattern and the stream ARN are placeholders that
+# the deployment template overrides with the real resources; the template also
+# sets ReportBatchItemFailures on the queue's event source mapping, which
+# Chalice does not do itself.
+
+@app.on_sqs_message(queue='cars-ingest', batch_size=10)
+def ingest_queue(event):
+    return automation.ingest_messages([record.to_dict() for record in event])
+
+
+@app.on_cw_event(automation.IMPORT_EVENT_PATTERN)
+def import_upload(event):
+    return automation.import_object_created(event.detail)
+
+
+@app.on_dynamodb_record(stream_arn=automation.STREAM_ARN_PLACEHOLDER, batch_size=100)
+def publish_changes(event):
+    return automation.publish_stream_records([record.to_dict() for record in event])
+
+
+@app.schedule(Rate(1, unit=Rate.DAYS))
+def scheduled_export(event):
+    return automation.export_inventory()

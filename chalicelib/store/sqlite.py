@@ -11,7 +11,7 @@ import random
 import sqlite3
 import threading
 
-from chalicelib import cars
+from chalicelib import cars, events
 from chalicelib.store.base import Store, now_iso
 
 COLUMNS = ('id', 'make', 'model', 'year', 'trans', 'color',
@@ -89,6 +89,8 @@ class SqliteStore(Store):
                 return
             with self.transaction() as c:
                 c.execute(SCHEMA)
+                # Change events, written in the same transaction as the car.
+                c.execute(events.OUTBOX_SCHEMA)
                 have = {row[1] for row in c.execute('PRAGMA table_info(cars)')}
                 missing = [name for name in _ADDED if name not in have]
                 for name in missing:
@@ -177,7 +179,7 @@ class SqliteStore(Store):
 
     # --- writes ---------------------------------------------------------------
 
-    def _insert(self, c, car_id, fields, version=1, created_at=None):
+    def _insert(self, c, car_id, fields, version=1, created_at=None, before=None):
         now = now_iso()
         record = dict(fields, id=car_id, version=version, rev=cars.new_revision(),
                       created_at=created_at or now, updated_at=now)
@@ -185,6 +187,7 @@ class SqliteStore(Store):
         c.execute('INSERT OR REPLACE INTO cars (%s) VALUES (%s)'
                   % (', '.join(COLUMNS), ', '.join('?' * len(COLUMNS))),
                   [record.get(col) for col in COLUMNS])
+        events.outbox_insert(c, before, record)
         return record
 
     def _free_id(self, c):
@@ -229,7 +232,7 @@ class SqliteStore(Store):
             fields = {name: current[name] for name in cars.FIELDS}
             fields.update(changes)
             return self._insert(c, car_id, fields, current['version'] + 1,
-                                current['created_at'])
+                                current['created_at'], current)
 
     def replace(self, car_id, fields, expect=None, only_if_absent=False):
         with self.transaction() as c:
@@ -242,7 +245,7 @@ class SqliteStore(Store):
             if current is None:
                 return self._insert(c, car_id, fields), True
             return self._insert(c, car_id, fields, current['version'] + 1,
-                                current['created_at']), False
+                                current['created_at'], current), False
 
     def delete(self, car_id, expect=None):
         with self.transaction() as c:
@@ -251,6 +254,7 @@ class SqliteStore(Store):
                 raise cars.CarNotFound(car_id)
             self._check(car_id, current, expect)
             c.execute('DELETE FROM cars WHERE id = ?', (car_id,))
+            events.outbox_insert(c, current, None)
             return current
 
     def put_many(self, items):
@@ -264,6 +268,6 @@ class SqliteStore(Store):
                     self._insert(c, fields['id'], body)
                 else:
                     self._insert(c, fields['id'], body, current['version'] + 1,
-                                 current['created_at'])
+                                 current['created_at'], current)
                 n += 1
         return n

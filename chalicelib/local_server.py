@@ -1,0 +1,134 @@
+"""The local development server `make run` starts: `chalice local`, without its stalls.
+
+    python -m chalicelib.local_server [--host 127.0.0.1] [--port 8000] [--stage dev]
+
+It is `chalice local` built from Chalice's own parts (the project config and
+stage environment variables loaded as `chalice local` loads them, the same
+LocalGateway, LocalDevServer and ThreadedHTTPServer), with a request handler
+that differs in three ways:
+
+- Each response leaves in one write. The stock handler writes the headers and
+  then the body with two send() calls on an unbuffered socket; with Nagle's
+  algorithm the body waits for the ACK of the headers, which the client delays
+  (~40 ms on Linux) on a keep-alive connection. Here the socket file is
+  buffered (flushed once per request by http.server) and TCP_NODELAY is set.
+- A path no route matches gets a 404 application/problem+json, as every other
+  error does (stock `chalice local` mimics API Gateway's 403 "Missing
+  Authentication Token").
+- Deployed or local, the app is the same object; nothing here changes routing
+  or the app, so `chalice local` keeps working as before.
+
+This module is for local serving only; Lambda never imports it.
+"""
+import argparse
+import logging
+import os
+import sys
+
+from chalice.local import (ChaliceRequestHandler, CustomLocalChalice, LocalChalice,
+                           LocalDevServer, LocalGateway, LocalGatewayException,
+                           ThreadedHTTPServer)
+
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class RouteNotFound(LocalGatewayException):
+    CODE = 404
+
+
+def _not_found_error(path):
+    from chalicelib.http import problem_response
+    # No slug: this problem means no more than its status ("about:blank").
+    response = problem_response(404, 'no resource at %s' % path.split('?', 1)[0]).to_dict()
+    return RouteNotFound(response['headers'], response['body'].encode('utf-8'))
+
+
+class ProblemGateway(LocalGateway):
+    """LocalGateway that answers unrouted paths with a 404 problem."""
+
+    def _generate_lambda_event(self, method, path, headers, body):
+        try:
+            return super()._generate_lambda_event(method, path, headers, body)
+        except ValueError:
+            # Chalice's route matcher raises ValueError for "no route here".
+            raise _not_found_error(path)
+
+
+class FastRequestHandler(ChaliceRequestHandler):
+    """ChaliceRequestHandler that sends each response in one write, without Nagle."""
+
+    # A buffered socket file: status line, headers and body collect in one
+    # buffer that http.server flushes once after each request.
+    wbufsize = -1
+    # socketserver sets TCP_NODELAY on the connection in setup().
+    disable_nagle_algorithm = True
+
+    def __init__(self, request, client_address, server, app_object, config):
+        # Built here, not per request: one gateway serves the whole connection.
+        self._gateway = ProblemGateway(app_object, config)
+        super().__init__(request, client_address, server, app_object, config)
+
+    @property
+    def local_gateway(self):
+        return self._gateway
+
+    @local_gateway.setter
+    def local_gateway(self, value):
+        # The base class assigns a stock LocalGateway; keep ours.
+        pass
+
+
+class DevServer(ThreadedHTTPServer):
+    # Many keep-alive clients (browsers, wrk) connect at once.
+    request_queue_size = 128
+
+
+def load_app(stage, project_dir=PROJECT_DIR):
+    """The Chalice app and its config, loaded as `chalice local --stage` loads them.
+
+    Chalice's CLI factory reads .chalice/config.json, applies the stage's
+    environment_variables to os.environ, then imports app.py.
+    """
+    from chalice.cli.factory import CLIFactory
+    from chalice.deploy.validate import validate_routes
+    factory = CLIFactory(project_dir=project_dir, environ=os.environ)
+    config = factory.create_config_obj(chalice_stage_name=stage)
+    app_obj = config.chalice_app
+    validate_routes(app_obj.routes)
+    return app_obj, config
+
+
+def make_server(host='127.0.0.1', port=8000, stage='dev', project_dir=PROJECT_DIR):
+    app_obj, config = load_app(stage, project_dir)
+    # What chalice.local.create_local_server does before it builds a server
+    # with the stock handler: make app.current_request thread-local, since
+    # every connection is served on its own thread.
+    CustomLocalChalice.__bases__ = (LocalChalice, app_obj.__class__)
+    app_obj.__class__ = CustomLocalChalice
+    return LocalDevServer(app_obj, config, host, port, handler_cls=FastRequestHandler,
+                          server_cls=DevServer)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='python -m chalicelib.local_server',
+        description='Serve the API locally, as `chalice local` does, without its '
+                    'keep-alive stalls.')
+    parser.add_argument('--host', default='127.0.0.1')
+    parser.add_argument('--port', type=int, default=8000)
+    parser.add_argument('--stage', default='dev', help='the Chalice stage whose config applies')
+    args = parser.parse_args(argv)
+    # The same stdout logging `chalice local` sets up (the app's log lines show).
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format='%(message)s')
+    server = make_server(args.host, args.port, args.stage)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server.server_close()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -110,6 +110,22 @@ def delete_car(car_id):
     return Response(body='', status_code=204)
 
 
+# The document and its page are built on first request and cached, so no
+# other route pays for them at cold start.
+@app.route('/api/v1/openapi.json', methods=['GET'])
+@http.handles_errors
+def openapi_document():
+    from chalicelib import openapi
+    return Response(body=openapi.document_json(), headers={'Content-Type': http.JSON})
+
+
+@app.route('/api/v1/docs', methods=['GET'])
+@http.handles_errors
+def docs_page():
+    from chalicelib import docs
+    return Response(body=docs.page(), headers={'Content-Type': 'text/html; charset=utf-8'})
+
+
 # --- automation: event handlers ---------------------------------------------------
 # Thin: each hands its event to chalicelib/automation.py. The queue name, the
 # bucket in the EventBridge pattern and the stream ARN are placeholders that

@@ -265,6 +265,7 @@ LIMIT_DEFAULT = 100
 LIMIT_MAX = 1000
 FILTER_PARAMS = TEXT_FILTERS + ('year', 'year_min', 'year_max')
 LIST_PARAMS = FILTER_PARAMS + ('limit', 'cursor')
+INT_PARAMS = ('year', 'year_min', 'year_max', 'limit')
 
 
 class Filters(object):
@@ -298,17 +299,57 @@ class Filters(object):
         return not self.text and self.year_min is None and self.year_max is None
 
 
-def _int_param(name, value, lo, hi, errors):
-    if not isinstance(value, str) or not re.fullmatch(r'[0-9]{1,9}', value, re.ASCII):
-        errors.append({'field': name, 'message': 'must be a whole number from %d to %d'
-                       % (lo, hi)})
+_list_types_cache = {}
+
+
+def list_param_types():
+    """The listing query parameters: name -> (msgspec type, rule), for this year.
+
+    One definition for `validate_list_params` and the OpenAPI document. Query
+    values arrive as strings; the integer ones are decimal digits only.
+    """
+    hi = year_max()
+    cached = _list_types_cache.get(hi)
+    if cached:
+        return cached
+    from typing import Annotated
+
+    import msgspec
+    Meta = msgspec.Meta
+    text_rule = ('at most 64 characters, without control characters '
+                 '(matched exactly, ignoring case)')
+    text = Annotated[str, Meta(max_length=64, pattern='^[^%s]*$' % _BAD)]
+    year = Annotated[int, Meta(ge=YEAR_MIN, le=hi)]
+    types = {name: (text, text_rule) for name in TEXT_FILTERS}
+    types['year'] = (year, 'a whole number from %d to %d' % (YEAR_MIN, hi))
+    types['year_min'] = (year, 'a whole number from %d to %d; cars from this year on'
+                         % (YEAR_MIN, hi))
+    types['year_max'] = (year, 'a whole number from %d to %d; cars up to this year'
+                         % (YEAR_MIN, hi))
+    types['limit'] = (Annotated[int, Meta(ge=1, le=LIMIT_MAX)],
+                      'a whole number from 1 to %d (default %d): the most cars on a page'
+                      % (LIMIT_MAX, LIMIT_DEFAULT))
+    types['cursor'] = (Annotated[str, Meta(min_length=1)],
+                       'the `next` value of the previous page, with the same filters')
+    _list_types_cache.clear()
+    _list_types_cache[hi] = types
+    return types
+
+
+def _list_param(name, value, types, errors):
+    """Check one query value against its type; return it (an int for numbers) or None."""
+    import msgspec
+    typ, rule = types[name]
+    if name in INT_PARAMS:
+        if not isinstance(value, str) or not re.fullmatch(r'[0-9]{1,9}', value, re.ASCII):
+            errors.append({'field': name, 'message': 'must be ' + rule})
+            return None
+        value = int(value)
+    try:
+        return msgspec.convert(value, typ, strict=True)
+    except msgspec.ValidationError:
+        errors.append({'field': name, 'message': 'must be ' + rule})
         return None
-    n = int(value)
-    if not lo <= n <= hi:
-        errors.append({'field': name, 'message': 'must be a whole number from %d to %d'
-                       % (lo, hi)})
-        return None
-    return n
 
 
 def validate_list_params(params):
@@ -319,28 +360,24 @@ def validate_list_params(params):
     """
     errors = [{'field': k, 'message': 'unknown query parameter; allowed are %s'
                % ', '.join(LIST_PARAMS)} for k in params if k not in LIST_PARAMS]
+    types = list_param_types()
     text = {}
     for name in TEXT_FILTERS:
         if name in params:
-            value = params[name]
-            if (not isinstance(value, str) or len(value) > 64
-                    or re.search('[%s]' % _BAD, value)):
-                errors.append({'field': name, 'message': 'must be at most 64 characters, '
-                               'without control characters'})
-            else:
+            value = _list_param(name, params[name], types, errors)
+            if value is not None:
                 # A blank value matches cars that have none (null trans/color).
                 text[name] = search_key(value.strip()) or None
-    hi = year_max()
     years = {}
     for name in ('year', 'year_min', 'year_max'):
         if name in params:
-            years[name] = _int_param(name, params[name], YEAR_MIN, hi, errors)
+            years[name] = _list_param(name, params[name], types, errors)
     limit = LIMIT_DEFAULT
     if 'limit' in params:
-        limit = _int_param('limit', params['limit'], 1, LIMIT_MAX, errors)
+        limit = _list_param('limit', params['limit'], types, errors)
     cursor = params.get('cursor')
-    if cursor is not None and (not isinstance(cursor, str) or not cursor):
-        errors.append({'field': 'cursor', 'message': 'must be the "next" value of a previous page'})
+    if cursor is not None:
+        cursor = _list_param('cursor', cursor, types, errors)
     if errors:
         raise InvalidCar(errors)
     lo = years.get('year_min')

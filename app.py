@@ -5,11 +5,26 @@ HTTP concerns (problems, ETags, cursors) in http.py.
 """
 from chalice import Chalice, Rate, Response
 
-from chalicelib import automation, cars, config, http
+from chalicelib import auth, automation, cars, config, cors, http, idempotency
 from chalicelib.store import get_store
 
 app = Chalice(app_name='cars')
+# Outermost first: CORS headers go on every answer, errors included; the
+# token check runs after the id rule, just before the views.
+app.register_middleware(cors.middleware, 'http')
 app.register_middleware(http.middleware, 'http')
+app.register_middleware(auth.middleware, 'http')
+
+
+@app.authorizer(ttl_seconds=60)
+def token_authorizer(auth_request):
+    return auth.authorize(auth_request)
+
+
+# Attached only where the stage keeps its tokens in SSM (see chalicelib/auth.py);
+# elsewhere auth.middleware alone checks tokens, with problem bodies.
+WRITE_AUTH = token_authorizer if auth.gateway_enforced() else None
+READ_AUTH = WRITE_AUTH if auth.reads_protected() else None
 
 CARS = '/api/v1/cars'
 CAR = '/api/v1/cars/{car_id}'
@@ -35,7 +50,7 @@ def health():
     return {'status': 'ok', 'store': kind}
 
 
-@app.route(CARS, methods=['GET'], content_types=ANY_BODY)
+@app.route(CARS, methods=['GET'], content_types=ANY_BODY, authorizer=READ_AUTH)
 @http.handles_errors
 def list_cars():
     request = app.current_request
@@ -51,16 +66,45 @@ def list_cars():
     return Response(body=body, headers=headers)
 
 
-@app.route(CARS, methods=['POST'], content_types=ANY_BODY)
+@app.route(CARS, methods=['POST'], content_types=ANY_BODY, authorizer=WRITE_AUTH)
 @http.handles_errors
 def create_car():
-    data = http.read_body(app.current_request)
-    fields = cars.validate_new(data)
+    request = app.current_request
+    try:
+        key = idempotency.validate_key(request.headers.get('idempotency-key'))
+    except idempotency.InvalidKey as e:
+        raise http.Problem(e.status, str(e), e.slug, errors=[
+            {'field': 'Idempotency-Key', 'message': str(e)}])
+    fields = cars.validate_new(http.read_body(request))
+    if key is None:
+        return _create(fields)
+    # Responses under 500 are final and replayed; a failure frees the key for a retry.
+    try:
+        outcome, replayed = idempotency.run_once(
+            get_store(), key, idempotency.fingerprint(fields),
+            lambda: idempotency.outcome_of(http.handles_errors(_create)(fields)),
+            keep=lambda outcome: outcome['status'] < 500)
+    except idempotency.IdempotencyError as e:
+        raise http.Problem(e.status, str(e), e.slug)
+    return idempotency.response_of(outcome, replayed)
+
+
+def _create(fields):
     record = get_store().create({k: fields[k] for k in cars.FIELDS}, fields.get('id'))
     return http.car_response(record, 201, {'Location': '%s/%s' % (CARS, record['id'])})
 
 
-@app.route(CAR, methods=['GET'], content_types=ANY_BODY)
+@app.route(CARS, methods=['OPTIONS'])
+def cars_preflight():
+    return cors.preflight(app.current_request)
+
+
+@app.route(CAR, methods=['OPTIONS'])
+def car_preflight(car_id):
+    return cors.preflight(app.current_request)
+
+
+@app.route(CAR, methods=['GET'], content_types=ANY_BODY, authorizer=READ_AUTH)
 @http.handles_errors
 def get_car(car_id):
     record = get_store().get(car_id)
@@ -71,7 +115,7 @@ def get_car(car_id):
     return http.car_response(record)
 
 
-@app.route(CAR, methods=['POST', 'PATCH'], content_types=ANY_BODY)
+@app.route(CAR, methods=['POST', 'PATCH'], content_types=ANY_BODY, authorizer=WRITE_AUTH)
 @http.handles_errors
 def update_car(car_id):
     request = app.current_request
@@ -80,7 +124,7 @@ def update_car(car_id):
     return http.car_response(record)
 
 
-@app.route(CAR, methods=['PUT'], content_types=ANY_BODY)
+@app.route(CAR, methods=['PUT'], content_types=ANY_BODY, authorizer=WRITE_AUTH)
 @http.handles_errors
 def put_car(car_id):
     request = app.current_request
@@ -102,7 +146,7 @@ def put_car(car_id):
     return http.car_response(record, 201 if created else 200, headers)
 
 
-@app.route(CAR, methods=['DELETE'], content_types=ANY_BODY)
+@app.route(CAR, methods=['DELETE'], content_types=ANY_BODY, authorizer=WRITE_AUTH)
 @http.handles_errors
 def delete_car(car_id):
     request = app.current_request

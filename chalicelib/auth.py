@@ -1,0 +1,217 @@
+"""Write protection: bearer tokens, checked in constant time, never logged.
+
+Where the tokens come from (read on each check, so tests and stages can change them):
+
+- `CARS_AUTH_TOKENS`: a comma-separated list, for `chalice local` and tests.
+- `CARS_AUTH_SSM_PARAMETER`: the name of an SSM Parameter Store SecureString
+  holding the list (comma- or newline-separated); deployed stages use this.
+  It is fetched lazily, once per container, and re-read after
+  SSM_CACHE_SECONDS so a rotated token takes effect within a minute. If the
+  parameter cannot be read, writes fail closed (503), never open.
+- Neither: writes are open, except inside Lambda, where an unconfigured stage
+  refuses writes (503) unless `CARS_AUTH_DISABLED=true` says open on purpose.
+
+`CARS_AUTH_PROTECT_READS=true` protects the car reads too.
+
+Two enforcement points share `check()`:
+
+- The HTTP middleware (`middleware`) checks every protected request. It
+  answers 401/403 with problem bodies, on `chalice local`, the Chalice test
+  client and in Lambda alike.
+- The Chalice built-in authorizer (`authorize`) is attached to the protected
+  routes when the stage names an SSM parameter, so a deployed API Gateway
+  turns away bad tokens before the API function runs (and caches the
+  verdict per token). The middleware then trusts the gateway's verdict
+  (`requestContext.authorizer.principalId`) instead of checking again. The
+  gateway's own 401/403 bodies are shaped by its UNAUTHORIZED and
+  ACCESS_DENIED gateway responses (see the deployment template).
+
+The authorizer is attached at import, from the stage's environment (Chalice
+loads the app with the stage's variables when it packages, deploys or runs
+locally). It is not attached for `CARS_AUTH_TOKENS` alone because API
+Gateway, and `chalice local` imitating it, answer a request without an
+Authorization header with a JSON 401 of their own before any code runs,
+which would both break "unset means open" and the problem+json promise.
+"""
+import hmac
+import os
+import threading
+import time
+
+SSM_CACHE_SECONDS = 60
+PRINCIPAL = 'cars-writer'
+WRITE_METHODS = frozenset(('POST', 'PUT', 'PATCH', 'DELETE'))
+PROTECTED_PREFIX = '/api/v1/cars'
+_TRUE = ('1', 'true', 'yes', 'on')
+
+
+class AuthError(Exception):
+    def __init__(self, status, detail, slug):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug
+        self.headers = {'WWW-Authenticate': 'Bearer realm="cars"'} if status == 401 else {}
+
+
+def _flag(name):
+    return os.environ.get(name, '').strip().lower() in _TRUE
+
+
+def ssm_parameter():
+    return os.environ.get('CARS_AUTH_SSM_PARAMETER', '').strip() or None
+
+
+def reads_protected():
+    return _flag('CARS_AUTH_PROTECT_READS')
+
+
+def gateway_enforced():
+    """True when the stage keeps its tokens in SSM: attach the built-in authorizer."""
+    return ssm_parameter() is not None
+
+
+def enabled():
+    """Cheap: is any write protection configured (or required) here?"""
+    return bool(os.environ.get('CARS_AUTH_TOKENS') or ssm_parameter()
+                or (os.environ.get('AWS_LAMBDA_FUNCTION_NAME') and not _flag('CARS_AUTH_DISABLED')))
+
+
+def _split(raw):
+    return [t.strip() for t in raw.replace('\n', ',').split(',') if t.strip()]
+
+
+_ssm_lock = threading.Lock()
+_ssm_cache = {}  # parameter name -> (fetched_at, tokens)
+
+
+def _ssm_client():
+    import boto3
+    from botocore.config import Config
+    return boto3.client('ssm', config=Config(connect_timeout=2, read_timeout=3,
+                                             retries={'mode': 'standard', 'max_attempts': 2}))
+
+
+def _fetch_ssm(name):
+    response = _ssm_client().get_parameter(Name=name, WithDecryption=True)
+    return _split(response['Parameter']['Value'])
+
+
+def _ssm_tokens(name):
+    now = time.monotonic()
+    cached = _ssm_cache.get(name)
+    if cached and now - cached[0] < SSM_CACHE_SECONDS:
+        return cached[1]
+    with _ssm_lock:
+        cached = _ssm_cache.get(name)
+        if cached and now - cached[0] < SSM_CACHE_SECONDS:
+            return cached[1]
+        try:
+            tokens = _fetch_ssm(name)
+        except Exception as e:  # noqa: BLE001 - any failure: fail closed
+            # The parameter's value never appears here; its name and the error class do.
+            import logging
+            logging.getLogger('cars.auth').error('cannot read the tokens parameter %s: %s',
+                                                 name, type(e).__name__)
+            raise AuthError(503, 'write protection is configured but its tokens cannot be '
+                            'read; try again later', 'auth-unavailable')
+        _ssm_cache[name] = (now, tokens)
+        return tokens
+
+
+def clear_cache():
+    _ssm_cache.clear()
+
+
+def tokens():
+    """The accepted tokens, or None when protection is off. Raises AuthError(503)."""
+    raw = os.environ.get('CARS_AUTH_TOKENS')
+    if raw is not None and raw.strip():
+        return _split(raw)
+    name = ssm_parameter()
+    if name:
+        return _ssm_tokens(name)
+    if os.environ.get('AWS_LAMBDA_FUNCTION_NAME') and not _flag('CARS_AUTH_DISABLED'):
+        raise AuthError(503, 'this stage has no write protection configured; writes are '
+                        'refused until it has', 'auth-unavailable')
+    return None
+
+
+def bearer(header):
+    """The token of an `Authorization: Bearer <token>` value, or None."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(' ')
+    value = value.strip()
+    if scheme.lower() != 'bearer' or not value:
+        return None
+    return value
+
+
+def is_valid(token, accepted):
+    given = token.encode('utf-8', 'surrogatepass')
+    # Compare with every token, without stopping early, so the time taken
+    # says nothing about which token came close.
+    ok = False
+    for candidate in accepted:
+        ok |= hmac.compare_digest(given, candidate.encode('utf-8'))
+    return ok
+
+
+def check(authorization):
+    """Raise AuthError unless `authorization` (the header value) carries a valid token."""
+    accepted = tokens()
+    if accepted is None:
+        return
+    token = bearer(authorization)
+    if token is None:
+        raise AuthError(401, 'this request needs an "Authorization: Bearer <token>" header',
+                        'unauthorized')
+    if not is_valid(token, accepted):
+        raise AuthError(403, 'the bearer token is not valid here', 'forbidden')
+
+
+def is_protected(method, path):
+    if not path.startswith(PROTECTED_PREFIX):
+        return False
+    if method in WRITE_METHODS:
+        return True
+    return method in ('GET', 'HEAD') and reads_protected()
+
+
+# --- enforcement -------------------------------------------------------------------
+
+def middleware(event, get_response):
+    """Check the bearer token of protected requests; a no-op when protection is off."""
+    if not enabled():
+        return get_response(event)
+    path = (event.context or {}).get('resourcePath') or event.path or ''
+    if not is_protected(event.method, path):
+        return get_response(event)
+    authorizer = (event.context or {}).get('authorizer') or {}
+    if authorizer.get('principalId') == PRINCIPAL:
+        # API Gateway ran `authorize` for this request already.
+        return get_response(event)
+    try:
+        check(event.headers.get('authorization'))
+    except AuthError as e:
+        from chalicelib.http import problem_response
+        return problem_response(e.status, e.detail, e.slug, headers=e.headers)
+    return get_response(event)
+
+
+def authorize(auth_request):
+    """The built-in authorizer's body: allow a valid token, turn away the rest.
+
+    API Gateway maps a raised "Unauthorized" to 401 and a deny to 403.
+    """
+    from chalice import AuthResponse
+    try:
+        check(auth_request.token)
+    except AuthError as e:
+        if e.status == 401 and os.environ.get('AWS_LAMBDA_FUNCTION_NAME'):
+            raise Exception('Unauthorized')  # the exact text API Gateway maps to 401
+        if e.status == 503:
+            raise Exception('Unavailable')  # API Gateway: 500 AUTHORIZER_FAILURE, never open
+        return AuthResponse(routes=[], principal_id='denied')
+    return AuthResponse(routes=['*'], principal_id=PRINCIPAL)

@@ -1,0 +1,59 @@
+"""CORS, decided per request from the stage's settings.
+
+`CARS_CORS_ORIGINS`: comma-separated origins allowed to call the API from a
+browser (`https://app.example.com`), or `*` for any; unset means none.
+
+Chalice's own CORSConfig is fixed per route at import and answers preflights
+in API Gateway (a MOCK integration) with one static origin. Instead, the app
+defines its own OPTIONS routes (answered by `preflight`) and a middleware adds
+the response headers, so the same code decides locally and deployed, reads
+the origin list at run time, and can echo one of several allowed origins.
+"""
+import os
+
+ALLOW_METHODS = 'GET, POST, PUT, PATCH, DELETE, OPTIONS'
+ALLOW_HEADERS = ('Authorization, Content-Type, If-Match, If-None-Match, Idempotency-Key')
+EXPOSE_HEADERS = 'ETag, Location, Link, Idempotent-Replayed, Retry-After'
+MAX_AGE = '600'
+
+
+def allowed_origins():
+    raw = os.environ.get('CARS_CORS_ORIGINS', '')
+    return [o.strip().rstrip('/') for o in raw.split(',') if o.strip()]
+
+
+def allowed_origin(origin):
+    """The value for Access-Control-Allow-Origin, or None if `origin` may not call."""
+    if not origin:
+        return None
+    allowed = allowed_origins()
+    if not allowed:
+        return None
+    if '*' in allowed:
+        return '*'
+    return origin if origin.rstrip('/') in allowed else None
+
+
+def preflight(request):
+    """The answer to an OPTIONS request: 204, with CORS headers when the origin may call."""
+    from chalice import Response
+    headers = {'Allow': ALLOW_METHODS, 'Vary': 'Origin'}
+    origin = allowed_origin(request.headers.get('origin'))
+    if origin:
+        headers.update({'Access-Control-Allow-Origin': origin,
+                        'Access-Control-Allow-Methods': ALLOW_METHODS,
+                        'Access-Control-Allow-Headers': ALLOW_HEADERS,
+                        'Access-Control-Max-Age': MAX_AGE})
+    return Response(body='', status_code=204, headers=headers)
+
+
+def middleware(event, get_response):
+    response = get_response(event)
+    origin = allowed_origin(event.headers.get('origin'))
+    if origin and 'Access-Control-Allow-Origin' not in response.headers:
+        response.headers['Access-Control-Allow-Origin'] = origin
+        response.headers['Access-Control-Expose-Headers'] = EXPOSE_HEADERS
+        response.headers['Vary'] = 'Origin'
+    elif allowed_origins() and 'Vary' not in response.headers:
+        response.headers['Vary'] = 'Origin'
+    return response

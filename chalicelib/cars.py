@@ -103,6 +103,10 @@ class InvalidCar(CarError):
         self.errors = errors
 
 
+class InvalidQuery(InvalidCar):
+    """Listing parameters that break the rules (a 400: the URL, not a car, is wrong)."""
+
+
 class CarNotFound(CarError):
     def __init__(self, car_id):
         super().__init__('car %s not found' % car_id)
@@ -379,7 +383,7 @@ def validate_list_params(params):
     if cursor is not None:
         cursor = _list_param('cursor', cursor, types, errors)
     if errors:
-        raise InvalidCar(errors)
+        raise InvalidQuery(errors)
     lo = years.get('year_min')
     up = years.get('year_max')
     if years.get('year') is not None:

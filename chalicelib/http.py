@@ -60,6 +60,9 @@ def problem_response(status, detail, slug=None, errors=None, headers=None, title
 
 def from_domain_error(error):
     """Map a domain error to its problem response."""
+    if isinstance(error, cars.InvalidQuery):
+        return problem_response(400, 'invalid query parameters; see errors',
+                                'invalid-query', errors=error.errors)
     if isinstance(error, cars.InvalidCar):
         return problem_response(422, 'the request breaks the car rules; see errors',
                                 'invalid-car', errors=error.errors)

@@ -51,3 +51,7 @@ def dynamodb_endpoint():
         yield ddb.endpoint
     finally:
         ddb.stop()
+
+
+# Store fixtures (sqlite and DynamoDB Local) shared by the contract tests.
+from stores import api, dynamodb_table, sqlite_path, store, store_kind  # noqa: E402,F401

@@ -52,6 +52,10 @@ class Store(object):
         """Create or replace many validated cars (each with an id); return how many."""
         raise NotImplementedError
 
+    def count(self):
+        """How many cars there are."""
+        raise NotImplementedError
+
     def ping(self):
         """Raise if the store cannot be reached."""
         raise NotImplementedError

@@ -1,14 +1,38 @@
 """Event-driven automation: queue ingest, bulk import, change events, export.
 
-The handlers in app.py translate Lambda events into calls here. Nothing heavy
-is imported at module level: boto3 is imported inside the functions that talk
-to AWS, so the API's cold start never pays for automation.
+The handlers in app.py translate Lambda events into calls here; the CLI
+(chalicelib/cli.py) uses the same file reading, validation and writing. Nothing
+heavy is imported at module level: boto3 is imported inside the functions that
+talk to AWS, so the API's cold start never pays for automation.
+
+Exactly-once writes use chalicelib.idempotency (the API's Idempotency-Key
+machinery) with their own namespaces: `sqs` keyed by the SQS message id, and
+`import` keyed by the imported file and row.
 """
+import csv
+import datetime
+import hashlib
+import io
+import json
+import logging
 import os
+import posixpath
+
+from chalicelib import cars, config, events, idempotency
+from chalicelib.store import get_store
+
+log = logging.getLogger('cars.automation')
 
 IMPORT_PREFIX = 'imports/'
 REPORT_PREFIX = 'reports/'
 EXPORT_PREFIX = 'exports/'
+COLUMNS = ('id',) + cars.FIELDS
+CSV_EXTENSIONS = ('.csv',)
+JSONL_EXTENSIONS = ('.jsonl', '.ndjson')
+# Bigger files than any inventory (6,561 cars is well under a megabyte).
+MAX_IMPORT_BYTES = 50 * 1024 * 1024
+WRITE_BATCH = 500
+SNS_BATCH = 10
 
 # Placeholders the deployment template replaces with the real resources; a
 # packager run with CARS_BUCKET set gets the real bucket name in the pattern.
@@ -29,21 +53,404 @@ IMPORT_EVENT_PATTERN = {
 }
 
 
-def ingest_messages(records):
-    """Write one car per SQS message; return the Lambda batch response."""
-    raise NotImplementedError
+def bucket_name():
+    name = os.environ.get('CARS_BUCKET')
+    if not name:
+        raise config.ConfigError('CARS_BUCKET must name the import/export bucket')
+    return name
 
 
-def import_object_created(detail):
-    """Import the object an S3 "Object Created" event names; return the report."""
-    raise NotImplementedError
+def topic_arn():
+    arn = os.environ.get('CARS_EVENTS_TOPIC_ARN')
+    if not arn:
+        raise config.ConfigError('CARS_EVENTS_TOPIC_ARN must name the change events topic')
+    return arn
 
 
-def publish_stream_records(records):
+def _aws_client(service):
+    import boto3
+    return boto3.client(service)
+
+
+# --- files: reading, validating, writing ----------------------------------------------
+
+class FileError(Exception):
+    """The file as a whole cannot be read (format, encoding, header)."""
+
+    def __init__(self, message, line=None):
+        super().__init__(message if line is None else 'line %d: %s' % (line, message))
+        self.line = line
+        self.message = message
+
+
+def file_format(name):
+    lower = name.lower()
+    if lower.endswith(CSV_EXTENSIONS):
+        return 'csv'
+    if lower.endswith(JSONL_EXTENSIONS):
+        return 'jsonl'
+    raise FileError('unsupported file type %r: name a .csv or .jsonl (.ndjson) file'
+                    % posixpath.basename(name))
+
+
+def _text(data):
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b'\n') + 1
+        raise FileError('not valid UTF-8 (byte %d)' % e.start, line)
+
+
+def read_rows(name, data):
+    """Parse a CSV or JSON Lines file into [(line number, row dict)].
+
+    A row that cannot be parsed at all becomes (line, FileError). Raises
+    FileError when the file as a whole is unreadable (type, encoding, header).
+    """
+    fmt = file_format(name)
+    text = _text(data)
+    return _csv_rows(text) if fmt == 'csv' else _jsonl_rows(text)
+
+
+def _csv_rows(text):
+    reader = csv.reader(io.StringIO(text, newline=''), strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise FileError('unreadable CSV header: %s' % e, 1)
+    if header is None:
+        return []
+    header = [h.strip() for h in header]
+    unknown = [h for h in header if h not in COLUMNS]
+    if unknown:
+        raise FileError('unknown column(s) %s in the header; the columns are %s'
+                        % (', '.join(repr(h) for h in unknown), ', '.join(COLUMNS)), 1)
+    if len(set(header)) != len(header):
+        raise FileError('a column is named twice in the header', 1)
+    missing = [h for h in ('make', 'model', 'year') if h not in header]
+    if missing:
+        raise FileError('the header lacks the required column(s) %s' % ', '.join(missing), 1)
+    rows = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as e:
+            rows.append((start, FileError('unreadable CSV: %s' % e)))
+            continue
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            rows.append((start, FileError('has %d cells; the header has %d'
+                                          % (len(cells), len(header)))))
+            continue
+        row = dict(zip(header, cells))
+        # An empty id cell means "assign one", as an absent id does in JSON.
+        if row.get('id', None) is not None and row['id'].strip() == '':
+            del row['id']
+        rows.append((start, row))
+
+
+def _jsonl_rows(text):
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            rows.append((number, FileError('not valid JSON: %s' % e)))
+            continue
+        if not isinstance(row, dict):
+            rows.append((number, FileError('must be a JSON object of car fields')))
+            continue
+        rows.append((number, row))
+    return rows
+
+
+def validate_rows(rows):
+    """Split parsed rows into ([(line, fields)], [{"line", "field", "message"}])."""
+    valid, errors = [], []
+    for line, row in rows:
+        if isinstance(row, FileError):
+            errors.append({'line': line, 'field': '', 'message': row.message})
+            continue
+        try:
+            valid.append((line, cars.validate_new(row)))
+        except cars.InvalidCar as e:
+            errors.extend({'line': line, 'field': err['field'], 'message': err['message']}
+                          for err in e.errors)
+    return valid, errors
+
+
+def format_errors(errors, limit=50):
+    lines = ['line %d: %s%s' % (e['line'], e['field'] + ': ' if e['field'] else '', e['message'])
+             for e in errors[:limit]]
+    if len(errors) > limit:
+        lines.append('... and %d more' % (len(errors) - limit))
+    return '\n'.join(lines)
+
+
+def write_rows(out, records, fmt):
+    """Write public cars to a text stream as CSV (with header) or JSON Lines."""
+    if fmt == 'csv':
+        writer = csv.writer(out, lineterminator='\n')
+        writer.writerow(COLUMNS)
+        for r in records:
+            car = cars.public(r)
+            writer.writerow(['' if car[c] is None else car[c] for c in COLUMNS])
+    else:
+        for r in records:
+            out.write(json.dumps(cars.public(r), ensure_ascii=False, separators=(',', ':')))
+            out.write('\n')
+
+
+def all_cars(store, page=1000):
+    """Every car, in id order, read page by page."""
+    after = None
+    while True:
+        records, more = store.list(cars.Filters(), after, page)
+        for r in records:
+            yield r
+        if not more or not records:
+            return
+        after = records[-1]['id']
+
+
+# --- bulk import ----------------------------------------------------------------------
+
+def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH):
+    """Write validated rows; return (counts, row errors).
+
+    Rows with an id are created or replaced with store.put_many, in batches.
+    Rows without one are created with store.create (the store assigns the id),
+    each under an idempotency key made of `source` (the file's identity) and
+    the row's line, so running an interrupted import again creates no car twice.
+    """
+    with_id = [fields for _, fields in valid if 'id' in fields]
+    without = [(line, fields) for line, fields in valid if 'id' not in fields]
+    counts = {'written': 0, 'created': 0, 'already_created': 0}
+    errors = []
+    for start in range(0, len(with_id), batch):
+        chunk = with_id[start:start + batch]
+        store.put_many([{k: f.get(k) for k in COLUMNS} for f in chunk])
+        counts['written'] += len(chunk)
+        if progress:
+            progress(len(chunk))
+    for line, fields in without:
+        body = {k: fields[k] for k in cars.FIELDS}
+        try:
+            outcome, replayed = idempotency.run_once(
+                store, '%s#%d' % (source, line), idempotency.fingerprint(body),
+                lambda body=body: {'id': store.create(body)['id']}, namespace='import')
+        except (cars.IdSpaceExhausted, idempotency.IdempotencyError) as e:
+            errors.append({'line': line, 'field': 'id', 'message': str(e)})
+        else:
+            counts['already_created' if replayed else 'created'] += 1
+            counts['written'] += 1
+        if progress:
+            progress(1)
+    return counts, errors
+
+
+def import_data(store, name, data, source=None, progress=None):
+    """Import a file's bytes, writing the valid rows; return the report dict."""
+    started = _now()
+    report = {'file': name, 'started_at': started, 'rows': 0, 'valid': 0, 'invalid': 0,
+              'written': 0, 'created': 0, 'already_created': 0, 'errors': []}
+    try:
+        rows = read_rows(name, data)
+    except FileError as e:
+        report['errors'] = [{'line': e.line, 'field': '', 'message': e.message}]
+        report['status'] = 'rejected'
+        report['finished_at'] = _now()
+        return report
+    valid, errors = validate_rows(rows)
+    source = source or 'sha256:' + hashlib.sha256(
+        data if isinstance(data, bytes) else data.encode('utf-8')).hexdigest()
+    counts, write_errors = import_valid(store, valid, source, progress)
+    errors.extend(write_errors)
+    errors.sort(key=lambda e: e['line'] or 0)
+    report.update(counts)
+    report.update(rows=len(rows), valid=len(valid),
+                  invalid=len({e['line'] for e in errors}), errors=errors,
+                  status='imported' if not errors else 'imported with errors',
+                  finished_at=_now())
+    return report
+
+
+def report_key(object_key):
+    relative = object_key[len(IMPORT_PREFIX):] if object_key.startswith(IMPORT_PREFIX) \
+        else posixpath.basename(object_key)
+    return REPORT_PREFIX + relative + '.json'
+
+
+def import_object_created(detail, s3=None, store=None):
+    """Import the object an S3 "Object Created" EventBridge event names.
+
+    Valid rows are written and invalid ones listed in the report, written to
+    reports/<path under imports/>.json: unattended, there is nobody to ask
+    whether to refuse the whole file. Returns the report.
+    """
+    bucket = detail['bucket']['name']
+    key = detail['object']['key']
+    if not key.startswith(IMPORT_PREFIX) or key.endswith('/'):
+        log.info('ignoring s3://%s/%s: not a file under %s', bucket, key, IMPORT_PREFIX)
+        return None
+    s3 = s3 or _aws_client('s3')
+    store = store or get_store()
+    head = s3.head_object(Bucket=bucket, Key=key)
+    if head['ContentLength'] > MAX_IMPORT_BYTES:
+        report = {'file': key, 'status': 'rejected', 'errors': [
+            {'line': None, 'field': '', 'message': 'the file is %d bytes; at most %d are '
+             'imported' % (head['ContentLength'], MAX_IMPORT_BYTES)}]}
+    else:
+        data = s3.get_object(Bucket=bucket, Key=key)['Body'].read()
+        # The object's ETag names its content: the same upload retried (an
+        # EventBridge redelivery, a Lambda retry) resumes instead of duplicating.
+        source = 's3://%s/%s@%s' % (bucket, key, head.get('ETag', '').strip('"'))
+        report = import_data(store, key, data, source=source)
+    report['bucket'] = bucket
+    s3.put_object(Bucket=bucket, Key=report_key(key), ContentType='application/json',
+                  Body=json.dumps(report, indent=2, ensure_ascii=False).encode('utf-8'))
+    log.info('imported s3://%s/%s: %s', bucket, key,
+             {k: report.get(k) for k in ('status', 'rows', 'written', 'invalid')})
+    return report
+
+
+# --- SQS ingest ----------------------------------------------------------------------------
+
+class BadMessage(Exception):
+    def __init__(self, errors):
+        super().__init__('; '.join('%s: %s' % (e['field'] or 'body', e['message'])
+                                   for e in errors))
+        self.errors = errors
+
+
+def _message_car(body):
+    try:
+        data = json.loads(body)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise BadMessage([{'field': '', 'message': 'the body is not valid JSON: %s' % e}])
+    try:
+        return cars.validate_new(data)
+    except cars.InvalidCar as e:
+        raise BadMessage(e.errors)
+
+
+def ingest_one(store, message_id, body):
+    """Write the car one message carries, once per message id; return the car's id."""
+    fields = _message_car(body)
+    car = {k: fields[k] for k in cars.FIELDS}
+    car_id = fields.get('id')
+    if car_id is None:
+        def action():
+            return {'id': store.create(car)['id']}
+    else:
+        def action():
+            store.replace(car_id, car)
+            return {'id': car_id}
+    outcome, replayed = idempotency.run_once(
+        store, message_id, idempotency.fingerprint(dict(car, id=car_id)), action,
+        namespace='sqs')
+    if replayed:
+        log.info('message %s was already written (car %s); skipped', message_id, outcome['id'])
+    return outcome['id']
+
+
+def ingest_messages(records, store=None):
+    """Write one car per SQS message; return the Lambda partial batch response.
+
+    Every failing message is reported as a batch item failure, so the rest of
+    the batch is kept: a transient failure (store busy, throttled) is retried
+    by SQS; an invalid car fails every time and, after the queue's
+    maxReceiveCount, lands in the dead-letter queue. Invalid cars are logged at
+    ERROR with their message id and field errors.
+    """
+    store = store or get_store()
+    failures = []
+    for record in records:
+        message_id = record['messageId']
+        try:
+            ingest_one(store, message_id, record.get('body'))
+        except BadMessage as e:
+            log.error('rejected message %s (it will reach the dead-letter queue): %s',
+                      message_id, e)
+            failures.append(message_id)
+        except idempotency.KeyInFlight:
+            log.warning('message %s is being written by another delivery; retry later',
+                        message_id)
+            failures.append(message_id)
+        except cars.CarError as e:
+            log.error('message %s not written: %s', message_id, e)
+            failures.append(message_id)
+        except Exception:  # noqa: BLE001 - the message is retried, never lost
+            log.exception('message %s failed; SQS will retry it', message_id)
+            failures.append(message_id)
+    return {'batchItemFailures': [{'itemIdentifier': m} for m in failures]}
+
+
+# --- change events ----------------------------------------------------------------------------
+
+class PublishFailed(Exception):
+    pass
+
+
+def publish_events(evts, sns=None, topic=None):
+    """Publish events to SNS with PublishBatch, 10 a request; return how many."""
+    if not evts:
+        return 0
+    sns = sns or _aws_client('sns')
+    topic = topic or topic_arn()
+    for start in range(0, len(evts), SNS_BATCH):
+        chunk = evts[start:start + SNS_BATCH]
+        entries = [{'Id': str(i),
+                    'Message': json.dumps(e, ensure_ascii=False, separators=(',', ':')),
+                    # Subscribers can filter on the type without parsing the body.
+                    'MessageAttributes': {'type': {'DataType': 'String', 'StringValue': e['type']},
+                                          'car_id': {'DataType': 'String',
+                                                     'StringValue': e['car_id']}}}
+                   for i, e in enumerate(chunk)]
+        result = sns.publish_batch(TopicArn=topic, PublishBatchRequestEntries=entries)
+        if result.get('Failed'):
+            # Raising makes Lambda retry the stream batch: events are delivered at
+            # least once, and the stream's eventID lets consumers drop repeats.
+            raise PublishFailed('SNS refused %d of %d events: %s' % (
+                len(result['Failed']), len(chunk), result['Failed'][:3]))
+    return len(evts)
+
+
+def publish_stream_records(records, sns=None, topic=None):
     """Publish change events for the car records of a DynamoDB stream batch."""
-    raise NotImplementedError
+    evts = [e for e in (events.from_stream_record(r) for r in records) if e is not None]
+    return publish_events(evts, sns, topic)
 
 
-def export_inventory(bucket=None, day=None):
+# --- scheduled export -------------------------------------------------------------------------
+
+def export_inventory(bucket=None, day=None, s3=None, store=None):
     """Write the whole inventory as JSON Lines and CSV under exports/<date>/."""
-    raise NotImplementedError
+    bucket = bucket or bucket_name()
+    day = day or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    store = store or get_store()
+    s3 = s3 or _aws_client('s3')
+    records = list(all_cars(store))
+    written = {}
+    for fmt, ext, mime in (('jsonl', 'jsonl', 'application/x-ndjson'),
+                           ('csv', 'csv', 'text/csv')):
+        out = io.StringIO()
+        write_rows(out, records, fmt)
+        key = '%s%s/cars.%s' % (EXPORT_PREFIX, day, ext)
+        s3.put_object(Bucket=bucket, Key=key, Body=out.getvalue().encode('utf-8'),
+                      ContentType=mime + '; charset=utf-8')
+        written[fmt] = key
+    log.info('exported %d cars to s3://%s/%s%s/', len(records), bucket, EXPORT_PREFIX, day)
+    return {'cars': len(records), 'bucket': bucket, 'keys': written}
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')

@@ -1,0 +1,498 @@
+"""The benchmark suite: `make bench` runs it and prints one Markdown table.
+
+Every figure is measured side by side with its reference in the same run,
+alternating between the two, and reported as a ratio: the machines are shared
+and noisy, so absolute times move from run to run while ratios hold.
+
+    python bench/run.py [--only warm,cold,dynamodb,serve,scale] [--quick]
+
+Sections:
+  warm      requests through the Lambda entry point app.app(event, context),
+            sqlite store, against a bare Chalice route returning a constant dict
+  cold      a fresh process that imports app and serves one GET, against a
+            bare one-route Chalice app (sqlite store)
+  dynamodb  the same cold start on the DynamoDB store (DynamoDB Local), against
+            a script that imports chalice and boto3 and does one GetItem
+  serve     `make run`'s server against the blog's Tornado server (and stock
+            `chalice local`), with wrk: 16 connections, keep-alive, GET one car
+  scale     GET one car and a page of 100 with 100 cars and with 6,561 in the store
+
+The table is also written to bench/results/ (not in git).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, 'tests')
+# The blog's server, kept beside the repository (never inside it).
+SEED = os.path.join(os.path.dirname(ROOT), 'shared', 'baseline', 'seed_tornado.py')
+RESULTS = os.path.join(ROOT, 'bench', 'results')
+PY = sys.executable
+
+CAR = {'make': 'Toyota', 'model': 'Corolla', 'year': 2015, 'trans': 'automatic',
+       'color': 'blue'}
+FAKE_AWS = {'AWS_ACCESS_KEY_ID': 'testing', 'AWS_SECRET_ACCESS_KEY': 'testing',
+            'AWS_DEFAULT_REGION': 'us-east-1'}
+
+rows = []  # (section, measure, value, reference, ratio, target, verdict)
+
+
+def add(section, measure, value, reference, ratio, target=None, ok=None):
+    verdict = '' if ok is None else ('ok' if ok else 'MISSED')
+    rows.append((section, measure, value, reference,
+                 '' if ratio is None else '%.2fx' % ratio, target or '', verdict))
+    print('  %-9s %-46s %-16s %-16s %-7s %s %s' % rows[-1], flush=True)
+
+
+def us(seconds):
+    return '%.0f µs' % (seconds * 1e6) if seconds < 0.01 else '%.1f ms' % (seconds * 1e3)
+
+
+# --- events for the Lambda entry point -----------------------------------------
+
+def proxy_event(method, path, resource, params=None, body=None, query=None, headers=None):
+    """An API Gateway REST proxy event, as Lambda hands it to app.app."""
+    headers = dict({'host': 'bench.example', 'accept': '*/*'}, **(headers or {}))
+    if body is not None:
+        headers['content-type'] = 'application/json'
+        body = json.dumps(body)
+    return {
+        'resource': resource, 'path': path, 'httpMethod': method,
+        'headers': headers, 'multiValueHeaders': {k: [v] for k, v in headers.items()},
+        'queryStringParameters': query,
+        'multiValueQueryStringParameters': {k: [v] for k, v in query.items()} if query else None,
+        'pathParameters': params, 'stageVariables': None,
+        'requestContext': {'resourcePath': resource, 'httpMethod': method, 'path': path,
+                           'stage': 'api', 'requestId': 'bench', 'identity': {}},
+        'body': body, 'isBase64Encoded': False,
+    }
+
+
+class Context(object):
+    function_name = 'bench'
+    memory_limit_in_mb = 512
+    aws_request_id = 'bench'
+    invoked_function_arn = 'arn:aws:lambda:us-east-1:000000000000:function:bench'
+
+    def get_remaining_time_in_millis(self):
+        return 30000
+
+
+# --- in-process timing ------------------------------------------------------------
+
+def per_call(fn, n):
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+def interleaved(cases, n, rounds):
+    """Median seconds per call of each case, the cases alternating round by round."""
+    samples = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (fn, reset) in cases.items():
+            samples[name].append(per_call(fn, n))
+            if reset:
+                reset()
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def bare_app():
+    from chalice import Chalice
+    bare = Chalice(app_name='bare')
+
+    @bare.route('/bare')
+    def constant():
+        return {'hello': 'world'}
+    return bare
+
+
+def call(handler, event, status):
+    def run():
+        response = handler(event, Context())
+        if response['statusCode'] != status:
+            raise AssertionError('%s %s: %s %s' % (event['httpMethod'], event['path'],
+                                                   response['statusCode'], response['body']))
+    return run
+
+
+def fill_sqlite(path, n):
+    """A sqlite store file holding the first n assignable ids (the CLI's bulk path)."""
+    os.environ['CARS_DB_PATH'] = path
+    from chalicelib import cars
+    from chalicelib.store import get_store
+    ids = cars.all_assignable_ids()[:n]
+    get_store('sqlite').put_many([dict(CAR, id=i) for i in ids])
+    return ids
+
+
+def bench_warm(args, tmp):
+    os.environ.update(CARS_STORE='sqlite', CARS_AUTH_TOKENS='')
+    os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None)
+    ids = fill_sqlite(os.path.join(tmp, 'warm.db'), 200)
+    import app
+    from chalicelib.store import get_store
+    handler, bare = app.app, bare_app()
+    car_id = ids[0]
+    one = '/api/v1/cars/{car_id}'
+    created = []
+
+    def create():
+        response = handler(proxy_event('POST', '/api/v1/cars', '/api/v1/cars', body=CAR),
+                           Context())
+        if response['statusCode'] != 201:
+            raise AssertionError(response)
+        created.append(json.loads(response['body'])['id'])
+
+    def forget_created():
+        store = get_store()
+        for i in created:
+            store.delete(i)
+        del created[:]
+
+    # One event per case, built once: the cost measured is the request's, not the test's.
+    cases = {
+        'bare route (constant dict)': (call(bare, proxy_event('GET', '/bare', '/bare'), 200), None),
+        'GET one car': (call(handler, proxy_event('GET', '/api/v1/cars/' + car_id, one,
+                                                   {'car_id': car_id}), 200), None),
+        'POST create (server id)': (lambda: create(), forget_created),
+        'PATCH partial update': (call(handler, proxy_event(
+            'PATCH', '/api/v1/cars/' + ids[1], one, {'car_id': ids[1]}, {'color': 'red'}), 200),
+            None),
+        'GET list, page of 100': (call(handler, proxy_event(
+            'GET', '/api/v1/cars', '/api/v1/cars', query={'limit': '100'}), 200), None),
+    }
+    n, rounds = (100, 5) if args.quick else (400, 15)
+    for fn, _ in cases.values():
+        fn()  # warm: the first call pays for lazy imports and connections
+    forget_created()
+    result = interleaved(cases, n, rounds)
+    base = result.pop('bare route (constant dict)')
+    add('warm', 'bare Chalice route (reference)', us(base), '', None)
+    for name, seconds in result.items():
+        ratio = seconds / base
+        target = '<= 2.0x' if name == 'GET one car' else None
+        add('warm', name, us(seconds), us(base), ratio, target,
+            ratio <= 2.0 if target else None)
+
+
+# --- cold starts --------------------------------------------------------------------
+
+COLD_APP = '''
+import json, os, sys
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {bench!r})
+from run import proxy_event, Context
+import app
+car = {car_id!r}
+r = app.app(proxy_event('GET', '/api/v1/cars/' + car, '/api/v1/cars/{{car_id}}',
+                        {{'car_id': car}}), Context())
+assert r['statusCode'] == 200, r
+'''
+
+COLD_BARE_APP = '''
+import sys
+sys.path.insert(0, {bench!r})
+from run import proxy_event, Context
+from chalice import Chalice
+app = Chalice(app_name='bare')
+
+@app.route('/bare')
+def constant():
+    return {{'hello': 'world'}}
+
+r = app(proxy_event('GET', '/bare', '/bare'), Context())
+assert r['statusCode'] == 200, r
+'''
+
+COLD_BARE_DYNAMODB = '''
+import os
+import chalice
+import boto3
+client = boto3.client('dynamodb', endpoint_url=os.environ['AWS_ENDPOINT_URL_DYNAMODB'])
+item = client.get_item(TableName=os.environ['CARS_TABLE'],
+                       Key={{'pk': {{'S': 'CAR'}}, 'sk': {{'S': {car_id!r}}}}},
+                       ConsistentRead=True)['Item']
+assert item
+'''
+
+
+def run_once(script, env):
+    start = time.perf_counter()
+    proc = subprocess.run([PY, '-c', script], env=env, cwd=ROOT, capture_output=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.decode('utf-8', 'replace'))
+    return elapsed
+
+
+def cold_pair(name, script, ref_name, ref_script, env, runs, target, limit, section):
+    samples = {name: [], ref_name: []}
+    for _ in range(runs):
+        samples[name].append(run_once(script, env))
+        samples[ref_name].append(run_once(ref_script, env))
+    app_s, ref_s = statistics.median(samples[name]), statistics.median(samples[ref_name])
+    add(section, ref_name + ' (reference)', us(ref_s), '', None)
+    add(section, name, us(app_s), us(ref_s), app_s / ref_s, target, app_s / ref_s <= limit)
+
+
+def child_env(**extra):
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE='', CARS_AUTH_TOKENS='', **FAKE_AWS)
+    env.pop('AWS_LAMBDA_FUNCTION_NAME', None)
+    env.update(extra)
+    return env
+
+
+def bench_cold(args, tmp):
+    path = os.path.join(tmp, 'cold.db')
+    car_id = fill_sqlite(path, 1)[0]
+    env = child_env(CARS_STORE='sqlite', CARS_DB_PATH=path)
+    bench_dir = os.path.join(ROOT, 'bench')
+    app_script = COLD_APP.format(root=ROOT, bench=bench_dir, car_id=car_id)
+    bare_script = COLD_BARE_APP.format(bench=bench_dir)
+    run_once(app_script, env)  # compile .pyc files outside the measurement
+    run_once(bare_script, env)
+    cold_pair('import app + GET one car (sqlite)', app_script,
+              'bare one-route Chalice app', bare_script, env,
+              5 if args.quick else 15, '<= 1.5x', 1.5, 'cold')
+
+
+def bench_dynamodb(args, tmp):
+    sys.path.insert(0, TESTS)
+    from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing
+    ddb = DynamoDBLocal(shared_db=True)
+    try:
+        ddb.start()
+    except DynamoDBLocalMissing as e:
+        add('dynamodb', 'skipped: %s' % e, '', '', None)
+        return
+    try:
+        os.environ.update(FAKE_AWS)
+        import boto3
+        from chalicelib import table
+        client = boto3.client('dynamodb', endpoint_url=ddb.endpoint)
+        table.create_table(client, 'bench-cars')
+        car_id = '1111'
+        from chalicelib.store.dynamodb import to_item
+        client.put_item(TableName='bench-cars', Item=to_item(dict(
+            CAR, id=car_id, version=1, rev='r', created_at='t', updated_at='t')))
+        env = child_env(CARS_STORE='dynamodb', CARS_TABLE='bench-cars',
+                        AWS_ENDPOINT_URL_DYNAMODB=ddb.endpoint)
+        bench_dir = os.path.join(ROOT, 'bench')
+        app_script = COLD_APP.format(root=ROOT, bench=bench_dir, car_id=car_id)
+        bare_script = COLD_BARE_DYNAMODB.format(car_id=car_id)
+        run_once(app_script, env)
+        run_once(bare_script, env)
+        cold_pair('import app + GET one car (DynamoDB)', app_script,
+                  'chalice + boto3 + one GetItem', bare_script, env,
+                  5 if args.quick else 15, '<= 1.15x', 1.15, 'dynamodb')
+    finally:
+        ddb.stop()
+
+
+# --- local serving with wrk -------------------------------------------------------------
+
+def wait_http(url, proc, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError('server exited with %s' % proc.returncode)
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError('no answer on %s' % url)
+
+
+def post_car(base, car):
+    req = urllib.request.Request(base + '/api/v1/cars', data=json.dumps(car).encode(),
+                                 headers={'Content-Type': 'application/json'}, method='POST')
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())['id']
+
+
+def free_port():
+    sys.path.insert(0, TESTS)
+    from servers import free_port as fp
+    return fp()
+
+
+def start(cmd, cwd, env, url):
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_http(url, proc)
+    except Exception:
+        proc.kill()
+        raise
+    return proc
+
+
+_UNITS = {'us': 1e-6, 'ms': 1e-3, 's': 1.0}
+
+
+def wrk(url, seconds):
+    out = subprocess.run(['wrk', '-t2', '-c16', '-d%ds' % seconds, '--latency', url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r'Requests/sec:\s+([0-9.]+)', out).group(1))
+    value, unit = re.search(r'\s50%\s+([0-9.]+)(us|ms|s)', out).groups()
+    errors = re.search(r'Non-2xx or 3xx responses: (\d+)', out)
+    if errors:
+        raise RuntimeError('wrk saw %s error responses from %s' % (errors.group(1), url))
+    return rps, float(value) * _UNITS[unit]
+
+
+def bench_serve(args, tmp):
+    if not shutil.which('wrk'):
+        add('serve', 'skipped: wrk is not installed', '', '', None)
+        return
+    if not os.path.exists(SEED):
+        add('serve', 'skipped: %s not found' % SEED, '', '', None)
+        return
+    servers = {}
+    try:
+        # The blog's server, run as its docstring says: from an empty directory.
+        seed_dir = tempfile.mkdtemp(dir=tmp)
+        port = free_port()
+        base = 'http://127.0.0.1:%d' % port
+        servers['blog (Tornado, per-request sqlite)'] = (start(
+            [PY, SEED, '--port', str(port)], seed_dir, child_env(), base + '/'), base)
+        env = child_env(CARS_STORE='sqlite', CARS_DB_PATH=os.path.join(tmp, 'serve.db'))
+        port = free_port()
+        base = 'http://127.0.0.1:%d' % port
+        servers['make run (chalicelib.local_server)'] = (start(
+            [PY, '-m', 'chalicelib.local_server', '--port', str(port)], ROOT, env,
+            base + '/'), base)
+        port = free_port()
+        base = 'http://127.0.0.1:%d' % port
+        servers['stock chalice local'] = (start(
+            [os.path.join(os.path.dirname(PY), 'chalice'), 'local', '--port', str(port),
+             '--no-autoreload'], ROOT, env, base + '/'), base)
+        urls = {}
+        for name, (_, base) in servers.items():
+            car = dict(CAR, id='1234') if name.startswith('blog') else CAR
+            if name == 'stock chalice local':
+                urls[name] = urls['make run (chalicelib.local_server)'].replace(
+                    servers['make run (chalicelib.local_server)'][1], base)
+                continue
+            urls[name] = '%s/api/v1/cars/%s' % (base, post_car(base, car))
+        seconds = 3 if args.quick else 8
+        samples = {name: [] for name in servers}
+        for _ in range(1 if args.quick else 3):
+            for name, url in urls.items():
+                samples[name].append(wrk(url, seconds))
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(timeout=10)
+    med = {name: (statistics.median(r for r, _ in s), statistics.median(p for _, p in s))
+           for name, s in samples.items()}
+    blog_rps, blog_p50 = med.pop('blog (Tornado, per-request sqlite)')
+    add('serve', 'blog, req/s (reference)', '%.0f/s' % blog_rps, '', None)
+    add('serve', 'blog, p50 latency (reference)', us(blog_p50), '', None)
+    for name, (rps, p50) in med.items():
+        is_ours = name.startswith('make run')
+        add('serve', '%s, req/s' % name, '%.0f/s' % rps, '%.0f/s' % blog_rps, rps / blog_rps,
+            '>= 1.5x' if is_ours else None, rps / blog_rps >= 1.5 if is_ours else None)
+        add('serve', '%s, p50 latency' % name, us(p50), us(blog_p50), p50 / blog_p50,
+            '< 5 ms' if is_ours else None, p50 < 0.005 if is_ours else None)
+
+
+# --- scale ------------------------------------------------------------------------------
+
+def bench_scale(args, tmp):
+    os.environ.update(CARS_STORE='sqlite', CARS_AUTH_TOKENS='')
+    os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None)
+    small = os.path.join(tmp, 'small.db')
+    large = os.path.join(tmp, 'large.db')
+    fill_sqlite(small, 100)
+    ids = fill_sqlite(large, 6561)
+    import app
+    one = '/api/v1/cars/{car_id}'
+    car_id = ids[50]  # present in both stores
+
+    def with_db(path, event):
+        def run():
+            os.environ['CARS_DB_PATH'] = path
+            response = app.app(event, Context())
+            if response['statusCode'] != 200:
+                raise AssertionError(response)
+        return run
+
+    get = proxy_event('GET', '/api/v1/cars/' + car_id, one, {'car_id': car_id})
+    page = proxy_event('GET', '/api/v1/cars', '/api/v1/cars', query={'limit': '100'})
+    cases = {'get100': (with_db(small, get), None), 'get6561': (with_db(large, get), None),
+             'page100': (with_db(small, page), None), 'page6561': (with_db(large, page), None)}
+    for fn, _ in cases.values():
+        fn()
+    n, rounds = (100, 5) if args.quick else (300, 15)
+    r = interleaved(cases, n, rounds)
+    for label, a, b in (('GET one car', 'get100', 'get6561'),
+                        ('GET a page of 100', 'page100', 'page6561')):
+        ratio = r[b] / r[a]
+        add('scale', '%s, 6,561 cars vs 100' % label, us(r[b]), us(r[a]), ratio, '<= 1.2x',
+            ratio <= 1.2)
+
+
+SECTIONS = {'warm': bench_warm, 'cold': bench_cold, 'dynamodb': bench_dynamodb,
+            'serve': bench_serve, 'scale': bench_scale}
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    return '%s, %d cores, Python %s, %s' % (cpu, os.cpu_count() or 0,
+                                            platform.python_version(), platform.system())
+
+
+def table():
+    lines = ['| section | measure | value | reference | ratio | target | |',
+             '|---|---|---|---|---|---|---|']
+    lines += ['| %s |' % ' | '.join(r) for r in rows]
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--only', default=','.join(SECTIONS),
+                        help='comma-separated sections (%s)' % ', '.join(SECTIONS))
+    parser.add_argument('--quick', action='store_true', help='fewer rounds, for a smoke run')
+    args = parser.parse_args(argv)
+    sys.path.insert(0, ROOT)
+    tmp = tempfile.mkdtemp(prefix='cars-bench-')
+    try:
+        for name in args.only.split(','):
+            print('== %s' % name, flush=True)
+            SECTIONS[name.strip()](args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    header = '%s on %s' % (datetime.date.today().isoformat(), machine())
+    text = '%s\n\n%s\n' % (header, table())
+    print('\n' + text)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, time.strftime('%Y%m%d-%H%M%S.md')), 'w') as f:
+        f.write(text)
+    return 1 if any(r[-1] == 'MISSED' for r in rows) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

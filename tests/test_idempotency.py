@@ -1,0 +1,180 @@
+"""Idempotency-Key on POST /api/v1/cars, on both stores (sqlite and DynamoDB Local)."""
+import concurrent.futures
+import json
+import threading
+
+import pytest
+import requests
+
+from chalicelib import cars, idempotency
+from servers import LocalServer
+from stores import server_env
+
+JSON = {'Content-Type': 'application/json'}
+FORM = {'Content-Type': 'application/x-www-form-urlencoded'}
+CAR = {'make': 'Ford', 'model': 'Focus', 'year': 2012, 'color': 'red'}
+
+
+def post(api, car=CAR, key=None, headers=JSON, raw=None):
+    h = dict(headers)
+    if key is not None:
+        h['Idempotency-Key'] = key
+    return api.http.post('/api/v1/cars', headers=h, body=raw if raw is not None else json.dumps(car))
+
+
+def count(store):
+    records, _ = store.list(cars.Filters(), None, 1000)
+    return len(records)
+
+
+def test_same_key_and_body_replays_the_first_response_and_creates_nothing(api, store):
+    first = post(api, key='order-1')
+    second = post(api, key='order-1')
+    assert first.status_code == second.status_code == 201
+    assert second.body == first.body
+    assert second.headers['Location'] == first.headers['Location']
+    assert second.headers['ETag'] == first.headers['ETag']
+    assert second.headers.get('Idempotent-Replayed') == 'true'
+    assert 'Idempotent-Replayed' not in first.headers
+    assert count(store) == 1
+
+
+def test_form_and_json_of_the_same_car_count_as_the_same_body(api, store):
+    first = post(api, key='k-form')
+    second = post(api, key='k-form', headers=FORM,
+                  raw='make=Ford&model=Focus&year=2012&color=red')
+    assert second.status_code == 201
+    assert json.loads(second.body)['id'] == json.loads(first.body)['id']
+    assert count(store) == 1
+
+
+def test_same_key_with_another_body_is_422_and_creates_nothing(api, store):
+    post(api, key='k-422')
+    other = post(api, car=dict(CAR, color='blue'), key='k-422')
+    assert other.status_code == 422
+    assert other.headers['Content-Type'].startswith('application/problem+json')
+    assert json.loads(other.body)['type'].endswith('idempotency-key-reused')
+    assert count(store) == 1
+
+
+def test_retry_while_the_first_is_in_flight_is_409(api, store):
+    fp = idempotency.fingerprint(cars.validate_new(dict(CAR)))
+    token, _ = idempotency.keys_for(store).claim('http#busy', fp)
+    assert token
+    r = post(api, key='busy')
+    assert r.status_code == 409
+    assert json.loads(r.body)['type'].endswith('idempotency-key-in-flight')
+    assert count(store) == 0
+
+
+def test_an_abandoned_claim_is_taken_over_after_the_stale_limit(api, store, monkeypatch):
+    fp = idempotency.fingerprint(cars.validate_new(dict(CAR)))
+    real = idempotency.time.time
+    monkeypatch.setattr(idempotency.time, 'time',
+                        lambda: real() - idempotency.STALE_CLAIM_SECONDS - 5)
+    idempotency.keys_for(store).claim('http#crashed', fp)
+    monkeypatch.setattr(idempotency.time, 'time', real)
+    r = post(api, key='crashed')
+    assert r.status_code == 201
+    assert post(api, key='crashed').body == r.body
+    assert count(store) == 1
+
+
+def test_keys_expire_after_24_hours(api, store, monkeypatch):
+    first = post(api, key='old')
+    real = idempotency.time.time
+    monkeypatch.setattr(idempotency.time, 'time',
+                        lambda: real() + idempotency.TTL_SECONDS + 5)
+    second = post(api, key='old')
+    assert second.status_code == 201
+    assert json.loads(second.body)['id'] != json.loads(first.body)['id']
+    assert count(store) == 2
+
+
+def test_a_rule_breaking_body_claims_no_key(api, store):
+    bad = post(api, car=dict(CAR, year='soon'), key='fix-me')
+    assert bad.status_code == 422
+    assert post(api, key='fix-me').status_code == 201
+
+
+def test_a_client_error_is_replayed_too(api, store):
+    post(api, car=dict(CAR, id='1234'))
+    first = post(api, car=dict(CAR, id='1234'), key='dup')
+    again = post(api, car=dict(CAR, id='1234'), key='dup')
+    assert first.status_code == again.status_code == 409
+    assert again.headers.get('Idempotent-Replayed') == 'true'
+
+
+def test_a_failed_action_frees_the_key(store):
+    fp = 'f' * 64
+
+    def boom():
+        raise RuntimeError('store went away')
+    with pytest.raises(RuntimeError):
+        idempotency.run_once(store, 'k', fp, boom)
+    outcome, replayed = idempotency.run_once(store, 'k', fp, lambda: {'ok': 1})
+    assert (outcome, replayed) == ({'ok': 1}, False)
+    assert idempotency.run_once(store, 'k', fp, lambda: {'ok': 2}) == ({'ok': 1}, True)
+
+
+def test_namespaces_keep_queue_keys_apart_from_http_keys(store):
+    assert idempotency.run_once(store, 'm1', 'a', lambda: 1, namespace='sqs') == (1, False)
+    assert idempotency.run_once(store, 'm1', 'b', lambda: 2, namespace='http') == (2, False)
+
+
+@pytest.mark.parametrize('key', ['', 'x' * 256, 'caf\u00e9', 'tab\there', 'bell\x07'])
+def test_bad_keys_are_400_and_create_nothing(api, store, key):
+    r = post(api, key=key)
+    assert r.status_code == 400
+    assert json.loads(r.body)['type'].endswith('invalid-idempotency-key')
+    assert count(store) == 0
+
+
+def test_keys_up_to_255_printable_characters_are_accepted(api):
+    assert post(api, key='~' + 'a' * 253 + ' ').status_code == 201
+
+
+def test_dynamodb_keys_live_beside_the_cars_with_a_ttl(api, store, store_kind):
+    if store_kind != 'dynamodb':
+        pytest.skip('DynamoDB item layout')
+    post(api, key='ttl-key')
+    item = store.client.get_item(TableName=store.table,
+                                 Key={'pk': {'S': 'IDEMPOTENCY#http#ttl-key'},
+                                      'sk': {'S': 'KEY'}})['Item']
+    expires = int(item['expires_at']['N'])
+    assert abs(expires - (idempotency.time.time() + idempotency.TTL_SECONDS)) < 120
+    assert item['state']['S'] == 'done'
+
+
+def test_sqlite_sweeps_expired_keys(store, store_kind, monkeypatch):
+    if store_kind != 'sqlite':
+        pytest.skip('sqlite sweep')
+    idempotency.run_once(store, 'gone', 'a', lambda: 1)
+    real = idempotency.time.time
+    monkeypatch.setattr(idempotency.time, 'time',
+                        lambda: real() + idempotency.TTL_SECONDS + 5)
+    keys = idempotency.keys_for(store)
+    keys._swept = 0.0
+    idempotency.run_once(store, 'new', 'b', lambda: 2)
+    left = store.connect().execute('SELECT key FROM idempotency_keys').fetchall()
+    assert left == [('http#new',)]
+
+
+@pytest.mark.http
+@pytest.mark.slow
+def test_16_concurrent_posts_with_one_key_create_exactly_one_car(store_kind, store):
+    with LocalServer(env=server_env()) as server:
+        barrier = threading.Barrier(16)
+
+        def send(_):
+            with requests.Session() as s:
+                barrier.wait()
+                return s.post(server.url + '/api/v1/cars', json=CAR,
+                              headers={'Idempotency-Key': 'stampede'}, timeout=60)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(send, range(16)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {201, 409}, statuses
+    created = {r.json()['id'] for r in responses if r.status_code == 201}
+    assert len(created) == 1
+    assert count(store) == 1

@@ -1,0 +1,270 @@
+"""Write protection (CARS_AUTH_TOKENS, SSM) and CORS, through the app and over real HTTP."""
+import importlib
+import json
+import logging
+
+import pytest
+import requests
+
+from chalicelib import auth
+from servers import LocalServer
+from stores import server_env
+
+JSON = {'Content-Type': 'application/json'}
+CAR = {'make': 'Saab', 'model': '900', 'year': 1990}
+TOKENS = 'alpha-token,beta-token'
+
+
+def send(api, method, path, token=None, authorization=None, body=None):
+    headers = dict(JSON)
+    if token is not None:
+        headers['Authorization'] = 'Bearer ' + token
+    if authorization is not None:
+        headers['Authorization'] = authorization
+    return api.http.request(method, path, headers=headers,
+                            body=json.dumps(body) if body is not None else b'')
+
+
+def problem(response, status):
+    assert response.status_code == status, response.body
+    assert response.headers['Content-Type'].startswith('application/problem+json')
+    out = json.loads(response.body)
+    assert out['status'] == status
+    return out
+
+
+@pytest.fixture(autouse=True)
+def clean_auth_env(monkeypatch):
+    for name in ('CARS_AUTH_TOKENS', 'CARS_AUTH_SSM_PARAMETER', 'CARS_AUTH_PROTECT_READS',
+                 'CARS_AUTH_DISABLED', 'AWS_LAMBDA_FUNCTION_NAME', 'CARS_CORS_ORIGINS'):
+        monkeypatch.delenv(name, raising=False)
+    auth.clear_cache()
+    yield
+    auth.clear_cache()
+
+
+@pytest.fixture
+def car_id(api):
+    r = send(api, 'POST', '/api/v1/cars', body=CAR)
+    return json.loads(r.body)['id']
+
+
+def test_writes_are_open_when_no_tokens_are_configured(api):
+    assert send(api, 'POST', '/api/v1/cars', body=CAR).status_code == 201
+
+
+def test_a_write_without_a_token_is_401_with_a_problem_body(api, monkeypatch):
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    r = send(api, 'POST', '/api/v1/cars', body=CAR)
+    problem(r, 401)
+    assert r.headers['WWW-Authenticate'].startswith('Bearer')
+
+
+@pytest.mark.parametrize('authorization', ['Basic YWxwaGE6dG9rZW4=', 'Bearer', 'Bearer   ',
+                                           'alpha-token'])
+def test_an_authorization_header_without_bearer_credentials_is_401(api, monkeypatch,
+                                                                   authorization):
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    problem(send(api, 'POST', '/api/v1/cars', authorization=authorization, body=CAR), 401)
+
+
+@pytest.mark.parametrize('token', ['wrong', 'alpha-toke', 'alpha-token,beta-token',
+                                   'ALPHA-TOKEN', '\u00e9'])
+def test_a_wrong_token_is_403_and_changes_nothing(api, store, monkeypatch, token):
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    problem(send(api, 'POST', '/api/v1/cars', token=token, body=CAR), 403)
+    assert store.count() == 0
+
+
+def test_every_configured_token_is_accepted(api, monkeypatch):
+    monkeypatch.setenv('CARS_AUTH_TOKENS', ' alpha-token , beta-token ')
+    assert send(api, 'POST', '/api/v1/cars', token='alpha-token', body=CAR).status_code == 201
+    assert send(api, 'POST', '/api/v1/cars', token='beta-token', body=CAR).status_code == 201
+    assert send(api, 'POST', '/api/v1/cars', authorization='bearer alpha-token',
+                body=CAR).status_code == 201
+
+
+def test_every_write_route_is_protected_and_reads_stay_open(api, car_id, monkeypatch):
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    path = '/api/v1/cars/' + car_id
+    for method in ('POST', 'PATCH', 'PUT', 'DELETE'):
+        problem(send(api, method, path, body=CAR), 401)
+        problem(send(api, method, path, token='nope', body=CAR), 403)
+    assert send(api, 'GET', path).status_code == 200
+    assert send(api, 'GET', '/api/v1/cars').status_code == 200
+    assert send(api, 'PATCH', path, token='beta-token', body={'color': 'red'}).status_code == 200
+    assert send(api, 'DELETE', path, token='beta-token').status_code == 204
+
+
+def test_a_stage_may_protect_reads_too(api, car_id, monkeypatch):
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    monkeypatch.setenv('CARS_AUTH_PROTECT_READS', 'true')
+    problem(send(api, 'GET', '/api/v1/cars/' + car_id), 401)
+    problem(send(api, 'GET', '/api/v1/cars'), 401)
+    assert send(api, 'GET', '/api/v1/cars', token='alpha-token').status_code == 200
+    assert send(api, 'GET', '/api/v1/health').status_code == 200
+
+
+def test_tokens_come_from_ssm_once_per_cache_period(api, monkeypatch):
+    fetched = []
+
+    def fetch(name):
+        fetched.append(name)
+        return ['from-ssm']
+    monkeypatch.setattr(auth, '_fetch_ssm', fetch)
+    monkeypatch.setenv('CARS_AUTH_SSM_PARAMETER', '/cars/prod/auth-tokens')
+    problem(send(api, 'POST', '/api/v1/cars', token='alpha-token', body=CAR), 403)
+    for _ in range(3):
+        assert send(api, 'POST', '/api/v1/cars', token='from-ssm', body=CAR).status_code == 201
+    assert fetched == ['/cars/prod/auth-tokens']
+    monkeypatch.setattr(auth, 'SSM_CACHE_SECONDS', 0)
+    send(api, 'POST', '/api/v1/cars', token='from-ssm', body=CAR)
+    assert len(fetched) == 2
+
+
+def test_an_unreadable_ssm_parameter_fails_closed_with_503(api, store, monkeypatch, caplog):
+    def fetch(name):
+        raise RuntimeError('AccessDeniedException with secret-ish detail')
+    monkeypatch.setattr(auth, '_fetch_ssm', fetch)
+    monkeypatch.setenv('CARS_AUTH_SSM_PARAMETER', '/cars/prod/auth-tokens')
+    with caplog.at_level(logging.DEBUG):
+        problem(send(api, 'POST', '/api/v1/cars', token='from-ssm', body=CAR), 503)
+    assert store.count() == 0
+    assert 'from-ssm' not in caplog.text
+
+
+def test_tokens_never_reach_the_logs(api, monkeypatch, caplog):
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    with caplog.at_level(logging.DEBUG):
+        send(api, 'POST', '/api/v1/cars', token='guess-token', body=CAR)
+        send(api, 'POST', '/api/v1/cars', token='alpha-token', body=CAR)
+    assert 'alpha-token' not in caplog.text and 'guess-token' not in caplog.text
+
+
+def test_an_unconfigured_lambda_refuses_writes_unless_opened_on_purpose(api, monkeypatch):
+    monkeypatch.setenv('AWS_LAMBDA_FUNCTION_NAME', 'cars-dev')
+    problem(send(api, 'POST', '/api/v1/cars', body=CAR), 503)
+    assert send(api, 'GET', '/api/v1/cars').status_code == 200
+    monkeypatch.setenv('CARS_AUTH_DISABLED', 'true')
+    assert send(api, 'POST', '/api/v1/cars', body=CAR).status_code == 201
+
+
+def test_the_authorizer_allows_good_tokens_and_denies_the_rest(monkeypatch):
+    from chalice.app import AuthRequest
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    arn = 'arn:aws:execute-api:us-east-1:123456789012:abc/api/POST/api/v1/cars'
+
+    def policy(token):
+        result = auth.authorize(AuthRequest('TOKEN', token, arn)).to_dict(
+            AuthRequest('TOKEN', token, arn))
+        return result['principalId'], result['policyDocument']['Statement']
+    principal, statements = policy('Bearer alpha-token')
+    assert principal == auth.PRINCIPAL and statements[0]['Effect'] == 'Allow'
+    assert policy('Bearer wrong')[1][0]['Resource'] == []
+    # Deployed, a missing token must be the "Unauthorized" error API Gateway maps to 401.
+    monkeypatch.setenv('AWS_LAMBDA_FUNCTION_NAME', 'cars-dev-token_authorizer')
+    with pytest.raises(Exception, match='^Unauthorized$'):
+        auth.authorize(AuthRequest('TOKEN', 'Basic x', arn))
+
+
+@pytest.fixture
+def ssm_app(monkeypatch):
+    """The app as a stage that keeps its tokens in SSM imports it."""
+    import app as app_module
+    monkeypatch.setenv('CARS_AUTH_SSM_PARAMETER', '/cars/test/auth-tokens')
+    fetched = []
+
+    def fetch(name):
+        fetched.append(name)
+        return ['from-ssm']
+    monkeypatch.setattr(auth, '_fetch_ssm', fetch)
+    try:
+        yield importlib.reload(app_module), fetched
+    finally:
+        monkeypatch.delenv('CARS_AUTH_SSM_PARAMETER')
+        importlib.reload(app_module)
+
+
+def test_ssm_stages_attach_the_authorizer_to_write_routes_only(ssm_app):
+    module, _ = ssm_app
+    routes = module.app.routes
+    for path, method in (('/api/v1/cars', 'POST'), ('/api/v1/cars/{car_id}', 'PUT'),
+                         ('/api/v1/cars/{car_id}', 'PATCH'), ('/api/v1/cars/{car_id}', 'DELETE')):
+        assert routes[path][method].authorizer is module.token_authorizer
+    assert routes['/api/v1/cars']['GET'].authorizer is None
+    assert routes['/api/v1/health']['GET'].authorizer is None
+
+
+def test_behind_the_authorizer_the_app_trusts_the_gateway_verdict(ssm_app, store_kind):
+    from chalice.test import Client
+    module, fetched = ssm_app
+    with Client(module.app) as client:
+        r = send(client, 'POST', '/api/v1/cars', token='from-ssm', body=CAR)
+        assert r.status_code == 201
+        assert send(client, 'POST', '/api/v1/cars', token='bad', body=CAR).status_code == 403
+    assert len(fetched) == 1
+
+
+def test_the_authorizer_check_costs_nothing_when_protection_is_off(monkeypatch):
+    calls = []
+    monkeypatch.setattr(auth, 'tokens', lambda: calls.append(1))
+    assert not auth.enabled()
+    auth.middleware(object(), lambda event: 'response')
+    assert calls == []
+
+
+# --- CORS -------------------------------------------------------------------------
+
+
+def test_no_origin_is_allowed_by_default(api):
+    r = api.http.request('OPTIONS', '/api/v1/cars', headers={
+        'Origin': 'https://shop.example', 'Access-Control-Request-Method': 'POST'})
+    assert r.status_code == 204
+    assert 'Access-Control-Allow-Origin' not in r.headers
+    r = api.http.get('/api/v1/cars', headers={'Origin': 'https://shop.example'})
+    assert 'Access-Control-Allow-Origin' not in r.headers
+
+
+def test_configured_origins_get_preflight_and_response_headers(api, car_id, monkeypatch):
+    monkeypatch.setenv('CARS_CORS_ORIGINS', 'https://shop.example, https://admin.example')
+    r = api.http.request('OPTIONS', '/api/v1/cars/' + car_id, headers={
+        'Origin': 'https://admin.example', 'Access-Control-Request-Method': 'PATCH'})
+    assert r.status_code == 204
+    assert r.headers['Access-Control-Allow-Origin'] == 'https://admin.example'
+    assert 'PATCH' in r.headers['Access-Control-Allow-Methods']
+    assert 'If-Match' in r.headers['Access-Control-Allow-Headers']
+    got = api.http.get('/api/v1/cars/' + car_id, headers={'Origin': 'https://shop.example'})
+    assert got.headers['Access-Control-Allow-Origin'] == 'https://shop.example'
+    assert 'ETag' in got.headers['Access-Control-Expose-Headers']
+    missing = api.http.get('/api/v1/cars/9999', headers={'Origin': 'https://shop.example'})
+    assert missing.headers['Access-Control-Allow-Origin'] == 'https://shop.example'
+    other = api.http.get('/api/v1/cars', headers={'Origin': 'https://evil.example'})
+    assert 'Access-Control-Allow-Origin' not in other.headers
+
+
+# --- over real HTTP -------------------------------------------------------------------
+
+
+@pytest.mark.http
+def test_chalice_local_answers_401_and_403_with_problem_bodies(store_kind, monkeypatch):
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    monkeypatch.setenv('CARS_CORS_ORIGINS', 'https://shop.example')
+    env = dict(server_env(), CARS_AUTH_TOKENS=TOKENS, CARS_CORS_ORIGINS='https://shop.example')
+    with LocalServer(env=env) as server:
+        url = server.url + '/api/v1/cars'
+        none = requests.post(url, json=CAR, timeout=30)
+        wrong = requests.post(url, json=CAR, headers={'Authorization': 'Bearer x'}, timeout=30)
+        right = requests.post(url, json=CAR, headers={'Authorization': 'Bearer beta-token'},
+                              timeout=30)
+        read = requests.get(url, timeout=30)
+        pre = requests.options(url, headers={'Origin': 'https://shop.example',
+                                             'Access-Control-Request-Method': 'POST'},
+                               timeout=30)
+    for r, status in ((none, 401), (wrong, 403)):
+        assert r.status_code == status
+        assert r.headers['Content-Type'].startswith('application/problem+json')
+        assert r.json()['status'] == status
+    assert right.status_code == 201
+    assert read.status_code == 200
+    assert pre.status_code == 204
+    assert pre.headers['Access-Control-Allow-Origin'] == 'https://shop.example'

@@ -1,0 +1,116 @@
+"""The store interface (chalicelib/store/base.py), the same tests on every implementation.
+
+`StoreContract` uses only the `store` fixture, so another module can run it on
+a store built some other way (e.g. a table made from the deployment template)
+by subclassing it and overriding that fixture.
+"""
+import pytest
+
+from chalicelib import cars
+from chalicelib.cars import Filters
+
+CAR = {'make': 'Toyota', 'model': 'Corolla', 'year': 2015, 'trans': 'automatic',
+       'color': 'blue'}
+
+
+class StoreContract(object):
+
+    def test_create_assigns_a_free_id_and_version_1(self, store):
+        record = store.create(CAR)
+        assert cars.is_assignable_id(record['id'])
+        assert record['version'] == 1 and record['rev']
+        assert cars.public(store.get(record['id'])) == dict(CAR, id=record['id'])
+
+    def test_create_with_an_existing_id_raises_car_exists(self, store):
+        store.create(CAR, '1234')
+        with pytest.raises(cars.CarExists):
+            store.create(dict(CAR, color='red'), '1234')
+        assert store.get('1234')['color'] == 'blue'
+
+    def test_get_of_a_missing_car_is_none(self, store):
+        assert store.get('9999') is None
+
+    def test_update_bumps_version_and_revision_and_clears_nulls(self, store):
+        old = store.create(CAR, '1234')
+        new = store.update('1234', {'color': None, 'year': 2016})
+        assert (new['version'], new['color'], new['year']) == (2, None, 2016)
+        assert new['rev'] != old['rev']
+        assert store.get('1234')['color'] is None
+
+    def test_update_with_a_stale_revision_changes_nothing(self, store):
+        old = store.create(CAR, '1234')
+        store.update('1234', {'color': 'red'})
+        with pytest.raises(cars.VersionMismatch):
+            store.update('1234', {'color': 'green'}, expect=(old['rev'],))
+        assert store.get('1234')['color'] == 'red'
+
+    def test_update_with_the_current_revision_succeeds(self, store):
+        old = store.create(CAR, '1234')
+        assert store.update('1234', {'color': 'red'}, expect=(old['rev'],))['version'] == 2
+
+    def test_update_of_a_missing_car_raises_not_found(self, store):
+        with pytest.raises(cars.CarNotFound):
+            store.update('1234', {'color': 'red'})
+        with pytest.raises(cars.CarNotFound):
+            store.update('1234', {'color': 'red'}, expect='*')
+        assert store.get('1234') is None
+
+    def test_replace_creates_then_replaces(self, store):
+        record, created = store.replace('1234', CAR)
+        assert created and record['version'] == 1
+        record, created = store.replace('1234', dict(CAR, trans=None))
+        assert not created and record['version'] == 2 and record['trans'] is None
+
+    def test_replace_only_if_absent_refuses_an_existing_car(self, store):
+        store.replace('1234', CAR)
+        with pytest.raises(cars.VersionMismatch):
+            store.replace('1234', dict(CAR, color='red'), only_if_absent=True)
+        assert store.get('1234')['color'] == 'blue'
+
+    def test_replace_with_a_precondition_needs_the_car(self, store):
+        with pytest.raises(cars.VersionMismatch):
+            store.replace('1234', CAR, expect='*')
+        assert store.get('1234') is None
+
+    def test_delete_returns_the_old_record_and_respects_preconditions(self, store):
+        old = store.create(CAR, '1234')
+        store.update('1234', {'color': 'red'})
+        with pytest.raises(cars.VersionMismatch):
+            store.delete('1234', expect=(old['rev'],))
+        assert store.delete('1234')['color'] == 'red'
+        assert store.get('1234') is None
+        with pytest.raises(cars.CarNotFound):
+            store.delete('1234')
+
+    def test_list_pages_in_id_order(self, store):
+        ids = ['1111', '2222', '3333', '4444', '5555']
+        store.put_many([dict(CAR, id=i) for i in reversed(ids)])
+        records, more = store.list(Filters(), None, 2)
+        assert [r['id'] for r in records] == ids[:2] and more
+        records, more = store.list(Filters(), '2222', 2)
+        assert [r['id'] for r in records] == ids[2:4] and more
+        records, more = store.list(Filters(), '4444', 2)
+        assert [r['id'] for r in records] == ids[4:] and not more
+
+    def test_list_filters(self, store):
+        store.put_many([dict(CAR, id='1111'), dict(CAR, id='2222', make='Ford', trans=None),
+                        dict(CAR, id='3333', year=1999)])
+        def ids(filters):
+            return [r['id'] for r in store.list(filters, None, 10)[0]]
+        assert ids(Filters({'make': 'ford'})) == ['2222']
+        assert ids(Filters({'trans': None})) == ['2222']
+        assert ids(Filters(year_max=2000)) == ['3333']
+        assert ids(Filters({'make': 'toyota'}, year_min=2000)) == ['1111']
+
+    def test_put_many_creates_or_replaces_and_counts(self, store):
+        store.create(CAR, '1111')
+        assert store.put_many([dict(CAR, id='1111', color='red'), dict(CAR, id='2222')]) == 2
+        assert store.get('1111')['color'] == 'red'
+        assert store.count() == 2
+
+    def test_ping_answers(self, store):
+        store.ping()
+
+
+class TestStoreContract(StoreContract):
+    """Runs on sqlite and on DynamoDB Local (the `store` fixture is parametrized)."""

@@ -1,0 +1,189 @@
+"""Bulk import: a file dropped under imports/ is imported and a report written beside it."""
+import collections
+import io
+import json
+
+import pytest
+from chalice.test import Client
+from moto import mock_aws
+
+from app import app
+from chalicelib import automation, cars
+
+BUCKET = 'cars-test-bucket'
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    monkeypatch.setenv('CARS_BUCKET', BUCKET)
+    with mock_aws():
+        import boto3
+        client = boto3.client('s3', region_name='us-east-1')
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def object_created(key, bucket=BUCKET):
+    """The EventBridge event S3 sends for a new object (EventBridge notifications on)."""
+    return {
+        'version': '0', 'id': '17793124-05d4-b198-2fde-7ededc63b103',
+        'detail-type': 'Object Created', 'source': 'aws.s3', 'account': '123456789012',
+        'time': '2024-01-01T00:00:00Z', 'region': 'us-east-1',
+        'resources': ['arn:aws:s3:::%s' % bucket],
+        'detail': {'version': '0', 'bucket': {'name': bucket},
+                   'object': {'key': key, 'size': 1, 'etag': 'x', 'sequencer': '1'},
+                   'request-id': 'R', 'requester': '123456789012',
+                   'source-ip-address': '127.0.0.1', 'reason': 'PutObject'},
+    }
+
+
+def drop(s3, key, body):
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body.encode('utf-8') if isinstance(body, str)
+                  else body)
+    with Client(app) as client:
+        client.lambda_.invoke('import_upload', object_created(key))
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=automation.report_key(key))
+                      ['Body'].read())
+
+
+def all_cars(store):
+    return list(automation.all_cars(store))
+
+
+def csv_of(rows, header=('id', 'make', 'model', 'year', 'trans', 'color')):
+    out = io.StringIO()
+    out.write(','.join(header) + '\n')
+    for r in rows:
+        out.write(','.join('' if r.get(h) is None else str(r[h]) for h in header) + '\n')
+    return out.getvalue()
+
+
+def test_the_event_pattern_matches_object_created_under_imports():
+    pattern = automation.IMPORT_EVENT_PATTERN
+    assert pattern['source'] == ['aws.s3']
+    assert pattern['detail-type'] == ['Object Created']
+    assert pattern['detail']['object']['key'] == [{'prefix': 'imports/'}]
+
+
+def test_a_csv_with_bad_rows_imports_the_good_ones_and_reports_the_rest(store, s3):
+    body = ('make,model,year,trans,color,id\n'
+            'Toyota,Corolla,2015,automatic,blue,1234\n'
+            'Ford,Model T,1700,,,\n'                     # line 3: year out of range
+            'Honda,Civic,2010,manual,,\n'                 # line 4: gets an id
+            ',Golf,2011,,,5555\n'                         # line 5: make missing
+            'Kia,Rio,2012,,,12\n'                         # line 6: bad id
+            'Mazda,MX-5,1999,manual,red,2222,extra\n')    # line 7: one cell too many
+    report = drop(s3, 'imports/batch.csv', body)
+
+    assert report['file'] == 'imports/batch.csv'
+    assert (report['rows'], report['valid'], report['invalid'], report['written']) == (6, 2, 4, 2)
+    assert report['created'] == 1
+    assert [(e['line'], e['field']) for e in report['errors']] == [
+        (3, 'year'), (5, 'make'), (6, 'id'), (7, '')]
+    stored = all_cars(store)
+    assert sorted(c['make'] for c in stored) == ['Honda', 'Toyota']
+    assert store.get('1234')['color'] == 'blue'
+    assert store.get('5555') is None
+
+
+def test_json_lines_import_and_the_report_name(store, s3):
+    lines = [json.dumps(dict(make='Tesla', model='Model 3', year=2020, id='7777')),
+             '', 'not json', json.dumps([1])]
+    report = drop(s3, 'imports/2024/new.jsonl', '\n'.join(lines) + '\n')
+    assert s3.head_object(Bucket=BUCKET, Key='reports/2024/new.jsonl.json')
+    assert report['written'] == 1
+    assert [e['line'] for e in report['errors']] == [3, 4]
+    assert store.get('7777')['model'] == 'Model 3'
+
+
+def test_an_unsupported_file_is_rejected_in_the_report(store, s3):
+    report = drop(s3, 'imports/cars.xlsx', b'PK\x03\x04')
+    assert report['status'] == 'rejected'
+    assert 'unsupported file type' in report['errors'][0]['message']
+    assert all_cars(store) == []
+
+
+def test_a_csv_with_an_unknown_column_is_rejected_whole(store, s3):
+    report = drop(s3, 'imports/odd.csv', 'make,model,year,colour\nFord,Ka,2001,red\n')
+    assert report['status'] == 'rejected'
+    assert report['errors'][0]['line'] == 1 and 'colour' in report['errors'][0]['message']
+    assert all_cars(store) == []
+
+
+def test_objects_outside_imports_are_ignored(store, s3):
+    assert automation.import_object_created(
+        object_created('reports/x.csv')['detail'], s3=s3, store=store) is None
+
+
+@pytest.mark.slow
+def test_a_file_of_6561_rows_with_ids_imports_completely(store, s3):
+    ids = cars.all_assignable_ids()
+    rows = [{'id': i, 'make': 'Make%d' % (n % 7), 'model': 'Model', 'year': 1990 + n % 30}
+            for n, i in enumerate(ids)]
+    report = drop(s3, 'imports/full.csv', csv_of(rows))
+    assert (report['rows'], report['written'], report['errors']) == (6561, 6561, [])
+    assert store.count() == 6561
+
+
+@pytest.mark.slow
+def test_a_file_of_6561_rows_without_ids_fills_the_id_space(sqlite_path, monkeypatch, s3):
+    monkeypatch.setenv('CARS_STORE', 'sqlite')
+    from chalicelib.store import get_store
+    store = get_store()
+    rows = [{'make': 'Make', 'model': 'M%d' % n, 'year': 2000} for n in range(6561)]
+    report = drop(s3, 'imports/noids.csv', csv_of(rows, ('make', 'model', 'year')))
+    assert (report['created'], report['errors']) == (6561, [])
+    assert sorted(c['id'] for c in all_cars(store)) == cars.all_assignable_ids()
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_an_import_interrupted_half_way_and_run_again_loses_and_doubles_nothing(
+        store, s3, monkeypatch):
+    with_ids = [{'id': i, 'make': 'Ford', 'model': 'Focus', 'year': 2010}
+                for i in cars.all_assignable_ids()[:1200]]
+    without = [{'make': 'Kia', 'model': 'Rio %d' % n, 'year': 2012} for n in range(60)]
+    body = csv_of(with_ids + without)
+    s3.put_object(Bucket=BUCKET, Key='imports/big.csv', Body=body.encode())
+    event = object_created('imports/big.csv')['detail']
+
+    kind = type(store)
+    real_put_many, real_create = kind.put_many, kind.create
+    calls = collections.Counter()
+
+    def dying_put_many(self, items):
+        calls['put_many'] += 1
+        if calls['put_many'] == 2:   # after the first batch of 500
+            raise Interrupted()
+        return real_put_many(self, items)
+
+    monkeypatch.setattr(kind, 'put_many', dying_put_many)
+    with pytest.raises(Interrupted):
+        automation.import_object_created(event, s3=s3, store=store)
+    assert 0 < store.count() < 1260
+
+    # Let the id-less rows start, then die again half way through them.
+    monkeypatch.setattr(kind, 'put_many', real_put_many)
+
+    def dying_create(self, fields, car_id=None):
+        calls['create'] += 1
+        if calls['create'] == 31:
+            raise Interrupted()
+        return real_create(self, fields, car_id)
+
+    monkeypatch.setattr(kind, 'create', dying_create)
+    with pytest.raises(Interrupted):
+        automation.import_object_created(event, s3=s3, store=store)
+    assert store.count() == 1200 + 30
+
+    monkeypatch.setattr(kind, 'create', real_create)
+    report = automation.import_object_created(event, s3=s3, store=store)
+    assert report['errors'] == []
+    assert (report['created'], report['already_created']) == (30, 30)
+    stored = all_cars(store)
+    assert len(stored) == 1260
+    assert sorted(c['model'] for c in stored if c['make'] == 'Kia') == sorted(
+        r['model'] for r in without)

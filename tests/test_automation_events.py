@@ -1,0 +1,162 @@
+"""Change events: DynamoDB stream -> SNS deployed, the sqlite outbox locally, one shape."""
+import calendar
+import json
+
+import pytest
+from chalice.test import Client
+from moto import mock_aws
+
+from app import app
+from chalicelib import automation, events, idempotency
+from chalicelib.store import get_store
+
+COROLLA = {'make': 'Toyota', 'model': 'Corolla', 'year': 2015, 'trans': 'automatic',
+           'color': 'blue'}
+EVENT_KEYS = {'id', 'type', 'car_id', 'time', 'source', 'before', 'after'}
+CAR_KEYS = {'id', 'make', 'model', 'year', 'trans', 'color', 'version', 'created_at',
+            'updated_at'}
+
+
+def make_changes(store):
+    """One create, two updates and a delete, plus an item that is not a car."""
+    car = store.create(dict(COROLLA))
+    store.update(car['id'], {'color': 'red'})
+    store.replace(car['id'], dict(COROLLA, model='Camry'))
+    store.delete(car['id'])
+    idempotency.run_once(store, 'k1', 'fp', lambda: {'id': 'x'}, namespace='test')
+    return car['id']
+
+
+def stream_records(endpoint, table):
+    """The table's stream as Lambda hands it over (dicts; times in epoch seconds)."""
+    import boto3
+    ddb = boto3.client('dynamodb', endpoint_url=endpoint)
+    streams = boto3.client('dynamodbstreams', endpoint_url=endpoint)
+    arn = ddb.describe_table(TableName=table)['Table']['LatestStreamArn']
+    out = []
+    for shard in streams.describe_stream(StreamArn=arn)['StreamDescription']['Shards']:
+        it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard['ShardId'],
+                                        ShardIteratorType='TRIM_HORIZON')['ShardIterator']
+        while it:
+            page = streams.get_records(ShardIterator=it)
+            for r in page['Records']:
+                stamp = r['dynamodb']['ApproximateCreationDateTime']
+                r['dynamodb']['ApproximateCreationDateTime'] = calendar.timegm(stamp.utctimetuple())
+                r['eventSourceARN'] = arn
+                out.append(r)
+            if not page['Records']:
+                break
+            it = page.get('NextShardIterator')
+    return out
+
+
+@pytest.fixture
+def topic(monkeypatch):
+    """A moto SNS topic with an SQS queue subscribed (raw delivery), to read what was sent."""
+    with mock_aws():
+        import boto3
+        sns = boto3.client('sns', region_name='us-east-1')
+        sqs = boto3.client('sqs', region_name='us-east-1')
+        arn = sns.create_topic(Name='cars-events')['TopicArn']
+        queue = sqs.create_queue(QueueName='events-tap')['QueueUrl']
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=['QueueArn'])[
+            'Attributes']['QueueArn']
+        sns.subscribe(TopicArn=arn, Protocol='sqs', Endpoint=queue_arn,
+                      Attributes={'RawMessageDelivery': 'true'})
+        monkeypatch.setenv('CARS_EVENTS_TOPIC_ARN', arn)
+
+        def received():
+            got = []
+            while True:
+                msgs = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get(
+                    'Messages', [])
+                if not msgs:
+                    return got
+                got.extend(json.loads(m['Body']) for m in msgs)
+        yield sns, received
+
+
+def test_stream_records_of_cars_are_published_and_others_ignored(
+        dynamodb_table, dynamodb_endpoint, monkeypatch, topic):
+    monkeypatch.setenv('CARS_STORE', 'dynamodb')
+    car_id = make_changes(get_store())
+    records = stream_records(dynamodb_endpoint, dynamodb_table)
+    assert any(not r['dynamodb']['Keys']['pk']['S'] == 'CAR' for r in records)
+    _, received = topic
+
+    with Client(app) as client:
+        client.lambda_.invoke('publish_changes', {'Records': records})
+
+    got = received()
+    assert [e['type'] for e in got] == ['car.created', 'car.updated', 'car.updated',
+                                        'car.deleted']
+    assert all(set(e) == EVENT_KEYS and e['car_id'] == car_id for e in got)
+    created, recolored, replaced, deleted = got
+    assert created['before'] is None and set(created['after']) == CAR_KEYS
+    assert (recolored['before']['color'], recolored['after']['color']) == ('blue', 'red')
+    assert (replaced['before']['model'], replaced['after']['model']) == ('Corolla', 'Camry')
+    assert deleted['after'] is None and deleted['before']['model'] == 'Camry'
+    assert [e['id'] for e in got] == [r['eventID'] for r in records
+                                      if r['dynamodb']['Keys']['pk']['S'] == 'CAR']
+
+
+def test_sqlite_writes_the_same_events_to_its_outbox(sqlite_path, monkeypatch):
+    monkeypatch.setenv('CARS_STORE', 'sqlite')
+    store = get_store()
+    car_id = make_changes(store)
+    got = [e for _, e in events.outbox_read(store.connect())]
+    assert [e['type'] for e in got] == ['car.created', 'car.updated', 'car.updated',
+                                        'car.deleted']
+    assert all(set(e) == EVENT_KEYS and e['car_id'] == car_id and e['source'] == 'sqlite'
+               for e in got)
+    assert set(got[0]['after']) == CAR_KEYS
+    assert (got[1]['before']['version'], got[1]['after']['version']) == (1, 2)
+    assert got[3]['before']['model'] == 'Camry' and got[3]['after'] is None
+
+
+def test_a_failed_write_leaves_no_event(sqlite_path, monkeypatch):
+    monkeypatch.setenv('CARS_STORE', 'sqlite')
+    store = get_store()
+    car = store.create(dict(COROLLA))
+    from chalicelib import cars
+    with pytest.raises(cars.VersionMismatch):
+        store.update(car['id'], {'color': 'red'}, expect=('stale',))
+    assert [e['type'] for _, e in events.outbox_read(store.connect())] == ['car.created']
+
+
+class CountingSNS(object):
+    def __init__(self, client, fail=False):
+        self.client, self.calls, self.fail = client, [], fail
+
+    def publish_batch(self, **kwargs):
+        self.calls.append(len(kwargs['PublishBatchRequestEntries']))
+        if self.fail:
+            return {'Successful': [], 'Failed': [{'Id': '0', 'Code': 'InternalError',
+                                                  'SenderFault': False}]}
+        return self.client.publish_batch(**kwargs)
+
+
+def fake_event(n):
+    car = dict(COROLLA, id='%04d' % (1111 + n), version=1, created_at='t', updated_at='t')
+    return events.build_event(None, car, 'e%d' % n, 'dynamodb')
+
+
+def test_events_are_published_ten_a_request(topic):
+    sns, received = topic
+    counting = CountingSNS(sns)
+    assert automation.publish_events([fake_event(n) for n in range(23)], sns=counting) == 23
+    assert counting.calls == [10, 10, 3]
+    assert len(received()) == 23
+
+
+def test_a_refused_publish_raises_so_lambda_retries_the_batch(topic):
+    sns, _ = topic
+    with pytest.raises(automation.PublishFailed):
+        automation.publish_events([fake_event(1)], sns=CountingSNS(sns, fail=True))
+
+
+def test_a_stream_batch_without_cars_publishes_nothing():
+    record = {'eventID': '1', 'eventName': 'INSERT', 'dynamodb': {
+        'Keys': {'pk': {'S': 'IDEMPOTENCY#x'}, 'sk': {'S': 'KEY'}},
+        'NewImage': {'pk': {'S': 'IDEMPOTENCY#x'}, 'sk': {'S': 'KEY'}}}}
+    assert automation.publish_stream_records([record], sns=object(), topic='arn') == 0

@@ -8,11 +8,12 @@ downloaded at run time; the machine's ``java`` (17 or newer) runs it.
 
 Network exposure: DynamoDB Local has no option to choose the listen address
 (its ``-help`` lists only -port, -inMemory, -dbPath, -sharedDb, -cors,
--delayTransientStatuses, -disableTelemetry, -optimizeDbBeforeStartup), and it
-binds Jetty to all interfaces. It cannot be bound to loopback only. We keep the
-exposure small instead: a random free port, in-memory data only, telemetry
-off, and the process lives only as long as the test session. Clients always
-talk to it on 127.0.0.1.
+-delayTransientStatuses, -disableTelemetry, -optimizeDbBeforeStartup) and its
+own main binds Jetty to every interface. So we start it through
+``LoopbackDynamoDBLocal.java`` (beside this file, run by Java's single-file
+source launcher), which builds the server with the jar's own argument parsing
+and binds its connector to 127.0.0.1 before starting it. Data stays in memory,
+telemetry is off, and the process lives only as long as the test session.
 
 Use::
 
@@ -89,10 +90,13 @@ class DynamoDBLocal:
 
     def command(self):
         jar, lib = find_jar()
+        launcher = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                'LoopbackDynamoDBLocal.java')
         cmd = [
             self.java,
             '-Djava.library.path=%s' % lib,
-            '-jar', jar,
+            '-cp', os.pathsep.join([jar, os.path.join(lib, '*')]),
+            launcher,
             '-inMemory',
             '-port', str(self.port),
             # It would phone home otherwise; there is no network here anyway.

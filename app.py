@@ -96,12 +96,12 @@ def _create(fields):
 
 @app.route(CARS, methods=['OPTIONS'])
 def cars_preflight():
-    return cors.preflight(app.current_request)
+    return cors.preflight(app.current_request, 'GET, POST, OPTIONS')
 
 
 @app.route(CAR, methods=['OPTIONS'])
 def car_preflight(car_id):
-    return cors.preflight(app.current_request)
+    return cors.preflight(app.current_request, 'GET, POST, PUT, PATCH, DELETE, OPTIONS')
 
 
 @app.route(CAR, methods=['GET'], content_types=ANY_BODY, authorizer=READ_AUTH)

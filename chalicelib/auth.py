@@ -171,8 +171,15 @@ def check(authorization):
         raise AuthError(403, 'the bearer token is not valid here', 'forbidden')
 
 
+# Methods the collection route does not have: those answer 405 to everyone,
+# token or not (a 401 first would hide that the method does not exist).
+_NOT_ON_COLLECTION = frozenset(('PUT', 'PATCH', 'DELETE'))
+
+
 def is_protected(method, path):
     if not path.startswith(PROTECTED_PREFIX):
+        return False
+    if path.rstrip('/') == PROTECTED_PREFIX and method in _NOT_ON_COLLECTION:
         return False
     if method in WRITE_METHODS:
         return True

@@ -26,9 +26,20 @@ _ROUTE_ID = re.compile(r'[0-9]{4}', re.ASCII)
 # Ids a client may choose, and the only ones the server assigns.
 _ASSIGNABLE_ID = re.compile(r'[1-9]{4}', re.ASCII)
 
-# Characters no car field may hold: C0/C1 controls and lone surrogates (which
-# cannot be encoded as UTF-8 and so cannot be stored or returned).
-_BAD = '\\x00-\\x1f\\x7f-\\x9f\\ud800-\\udfff'
+# Characters no car field may hold: C0/C1 controls. Lone surrogates (which
+# cannot be encoded as UTF-8, so cannot be stored or returned) are refused by
+# `_is_text` instead of the patterns: they are not Unicode scalar values, and
+# standard JSON Schema regex engines reject a pattern that names them.
+_BAD = '\\x00-\\x1f\\x7f-\\x9f'
+
+
+def _is_text(value):
+    """False for strings holding lone surrogates (invalid JSON text for any other reader)."""
+    try:
+        value.encode('utf-8')
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _trimmed_text(min_len, max_len):
@@ -182,9 +193,14 @@ def _field_types():
 def _check_field(name, value, types, messages):
     """Return (normalized value, error message or None)."""
     import msgspec
+    if name == 'year' and isinstance(value, float) and value.is_integer():
+        # JSON has one number type: 2015.0 is the integer 2015 (as JSON Schema says).
+        value = int(value)
     try:
         msgspec.convert(value, types[name], strict=True)
     except msgspec.ValidationError:
+        return None, messages[name]
+    if isinstance(value, str) and not _is_text(value):
         return None, messages[name]
     if name == 'year':
         return int(value), None
@@ -350,10 +366,13 @@ def _list_param(name, value, types, errors):
             return None
         value = int(value)
     try:
-        return msgspec.convert(value, typ, strict=True)
+        value = msgspec.convert(value, typ, strict=True)
     except msgspec.ValidationError:
+        value = None
+    if value is None or isinstance(value, str) and not _is_text(value):
         errors.append({'field': name, 'message': 'must be ' + rule})
         return None
+    return value
 
 
 def validate_list_params(params):

@@ -34,14 +34,18 @@ def allowed_origin(origin):
     return origin if origin.rstrip('/') in allowed else None
 
 
-def preflight(request):
-    """The answer to an OPTIONS request: 204, with CORS headers when the origin may call."""
+def preflight(request, allow=ALLOW_METHODS):
+    """The answer to an OPTIONS request: 204, with CORS headers when the origin may call.
+
+    `allow`: the methods of the requested path (its `Allow` header must list
+    exactly those).
+    """
     from chalice import Response
-    headers = {'Allow': ALLOW_METHODS, 'Vary': 'Origin'}
+    headers = {'Allow': allow, 'Vary': 'Origin'}
     origin = allowed_origin(request.headers.get('origin'))
     if origin:
         headers.update({'Access-Control-Allow-Origin': origin,
-                        'Access-Control-Allow-Methods': ALLOW_METHODS,
+                        'Access-Control-Allow-Methods': allow,
                         'Access-Control-Allow-Headers': ALLOW_HEADERS,
                         'Access-Control-Max-Age': MAX_AGE})
     return Response(body='', status_code=204, headers=headers)

@@ -68,6 +68,14 @@ class FastRequestHandler(ChaliceRequestHandler):
         self._gateway = ProblemGateway(app_object, config)
         super().__init__(request, client_address, server, app_object, config)
 
+    def __getattr__(self, name):
+        # Stock http.server answers a method it has no do_* for (TRACE, QUERY,
+        # ...) with an HTML 501; routed like the rest, it gets the app's 405
+        # problem with `Allow`, as every unsupported method does.
+        if name.startswith('do_'):
+            return self._generic_handle
+        raise AttributeError(name)
+
     @property
     def local_gateway(self):
         return self._gateway

@@ -21,12 +21,15 @@ PROBLEM_TYPES = [
     ('malformed-body', 400,
      'The body is not valid JSON, not valid UTF-8, or a malformed form. Nothing was changed.'),
     ('invalid-query', 400,
-     'A query parameter was given more than once, or breaks its rule; `errors` lists each one.'),
+     'A query parameter is unknown, given more than once, or breaks its rule; `errors` '
+     'lists each one.'),
     ('invalid-cursor', 400,
      'The `cursor` was altered, or is used with other filters than the page it came from. '
      'Start the listing again without it.'),
     ('invalid-precondition', 400,
      'On writes `If-None-Match` may only be `*` (create, never replace).'),
+    ('invalid-idempotency-key', 400,
+     'The `Idempotency-Key` header must be 1-255 printable ASCII characters.'),
     ('unauthorized', 401,
      'Write protection is on and the request carries no `Authorization: Bearer` token.'),
     ('forbidden', 403,
@@ -38,7 +41,7 @@ PROBLEM_TYPES = [
     ('id-space-exhausted', 409,
      'All 6,561 assignable ids (digits 1-9) are taken. Delete a car, or create with a free '
      'id of your choice.'),
-    ('idempotency-in-flight', 409,
+    ('idempotency-key-in-flight', 409,
      'A request with the same `Idempotency-Key` is still being processed; retry shortly.'),
     ('version-mismatch', 412,
      'The `If-Match` tag is not the car\'s current `ETag` (or `If-None-Match: *` found a car): '
@@ -50,10 +53,13 @@ PROBLEM_TYPES = [
      'The body is well formed but breaks the car rules: `errors` lists every bad field with '
      'its rule, and nothing was changed.'),
     ('idempotency-key-reused', 422,
-     'The `Idempotency-Key` was already used with another body within the last 24 hours.'),
-    ('precondition-required', 428, 'This deployment requires `If-Match` on writes.'),
+     'The `Idempotency-Key` was already used with another body within the last 24 hours; '
+     'use a new key for a new request.'),
     ('store-unavailable', 503,
      'The car store is busy or unreachable; retry after the `Retry-After` seconds.'),
+    ('auth-unavailable', 503,
+     'Write protection is configured but its tokens cannot be read (or a deployed stage has '
+     'none configured): writes are refused, never let through.'),
 ]
 
 _cache = {}
@@ -105,11 +111,13 @@ def _schemas():
     components['CarNew']['description'] = (
         'A new car. `id` is optional: the server assigns one (digits 1-9) when absent. '
         'Unknown fields are an error.')
+    # The id of a PUT is the one in the path. The server tolerates a body `id`
+    # equal to it (a car read and sent back as is), but no schema can say
+    # "equal to the path", so the document leaves `id` out of the body.
+    del components['CarReplace']['properties']['id']
     components['CarReplace']['description'] = (
-        'A whole car for PUT. `id`, if given, must equal the id in the path.')
-    components['CarReplace']['properties']['id'] = {
-        'type': 'string', 'pattern': '^[0-9]{4}$',
-        'description': 'Optional; must equal the id in the path'}
+        'A whole car for PUT; its id is the one in the path. (A car as read, with its '
+        '`id`, is accepted too when that `id` equals the path\'s; any other is a 422.)')
     components['CarPatch']['description'] = (
         'A partial update: only the fields given change; `null` clears `trans` or `color`.')
     for name in ('CarNew', 'CarReplace', 'CarPatch'):
@@ -216,6 +224,10 @@ ETAG = _header('Strong validator of the car\'s current version, e.g. `"3-9f2c4e1
 LOCATION = _header('The URL of the car: `/api/v1/cars/{id}`')
 LINK = _header('`<...>; rel="next"` when there is a next page (the same URL as `next`)')
 RETRY_AFTER = _header('Seconds to wait before retrying', {'type': 'string'})
+WWW_AUTHENTICATE = _header('`Bearer realm="cars"`')
+REPLAYED = _header('`true` when this is the recorded response to an earlier request with '
+                   'the same `Idempotency-Key`; absent otherwise', {'const': 'true'})
+ALLOW = _header('The methods this path supports')
 
 
 def _problem(status, description):
@@ -225,9 +237,10 @@ def _problem(status, description):
 
 def _problems(*statuses):
     texts = {
-        400: 'Malformed syntax: bad JSON or form, a repeated query parameter, an altered '
-             'cursor, or `If-None-Match` other than `*` on a write',
-        401: 'Write protection is on and no bearer token was sent',
+        400: 'Malformed syntax: bad JSON or form, a bad or repeated query parameter, an '
+             'altered cursor, a bad `Idempotency-Key`, or `If-None-Match` other than `*` '
+             'on a write',
+        401: 'Protection is on and no bearer token was sent',
         403: 'The bearer token is not accepted',
         404: 'No car with this id (or the id is not exactly 4 digits)',
         409: 'Conflict: the id exists, no id is free, or an identical `Idempotency-Key` '
@@ -236,14 +249,13 @@ def _problems(*statuses):
         413: 'The body is over 64 KiB',
         415: 'Not JSON, not a form, or not UTF-8',
         422: 'Well-formed input that breaks the rules; `errors` lists every bad field',
-        428: 'This deployment requires `If-Match` on writes',
-        503: 'The store is busy or unreachable; retry',
+        503: 'The store is busy or unreachable, or write protection cannot read its tokens',
     }
     out = {}
     for status in statuses:
         out[str(status)] = _problem(status, texts[status])
-    if '503' in out:
-        out['503']['headers'] = {'Retry-After': RETRY_AFTER}
+    if '401' in out:
+        out['401']['headers'] = {'WWW-Authenticate': WWW_AUTHENTICATE}
     return out
 
 
@@ -253,6 +265,8 @@ def _car_response(description, *headers):
            'content': {http.JSON: {'schema': {'$ref': '#/components/schemas/Car'}}}}
     if 'Location' in headers:
         out['headers']['Location'] = LOCATION
+    if 'Idempotent-Replayed' in headers:
+        out['headers']['Idempotent-Replayed'] = REPLAYED
     return out
 
 
@@ -273,6 +287,11 @@ CAR_ID = {
     'description': 'Exactly 4 ASCII digits; anything else is a 404',
     'schema': {'type': 'string', 'pattern': '^[0-9]{4}$'},
 }
+# PUT may replace a car whose id has a 0 (carried over from the seed) but
+# never create one, so only ids of digits 1-9 are always valid here.
+CAR_ID_PUT = dict(CAR_ID, schema={'type': 'string', 'pattern': cars.ID_PATTERN},
+                  description='Four digits 1-9 (a car carried over from the seed with a 0 '
+                              'in its id may be replaced, never created: 422)')
 IF_MATCH = {
     'name': 'If-Match', 'in': 'header', 'required': False,
     'description': 'Write only if the car\'s current `ETag` is one of these (or `*`: if it '
@@ -291,12 +310,12 @@ IF_NONE_MATCH_PUT = {
 }
 IDEMPOTENCY_KEY = {
     'name': 'Idempotency-Key', 'in': 'header', 'required': False,
-    'description': 'Any string of your choice (1-255 printable characters). A retry with '
+    'description': 'Any string of your choice (1-255 printable ASCII characters). A retry with '
                    'the same key and body within 24 hours replays the first response and '
                    'creates nothing; the same key with another body is a 422; a retry while '
                    'the first is still in flight is a 409.',
     'schema': {'type': 'string', 'minLength': 1, 'maxLength': 255,
-               'pattern': '^[\\x21-\\x7e]+$'},
+               'pattern': '^[\\x20-\\x7e]+$'},
 }
 
 WRITE = [{'bearer': []}]
@@ -317,8 +336,17 @@ def _op(op_id, summary, responses, description=None, parameters=None, body=None,
     return op
 
 
+def _preflight(name, *statuses):
+    return _op(name, 'CORS preflight', dict({
+        '204': {'description': 'The methods allowed, and CORS headers when the `Origin` may '
+                               'call (`CARS_CORS_ORIGINS`)',
+                'headers': {'Allow': ALLOW}}}, **_problems(*statuses)), tags=['service'])
+
+
 def _build():
     write_problems = (401, 403)
+    # Reads answer 401/403 only where the stage sets CARS_AUTH_PROTECT_READS.
+    read_problems = (401, 403)
     hi = cars.year_max()
     paths = {
         '/': {'get': _op(
@@ -340,22 +368,24 @@ def _build():
                         'headers': {'Link': LINK},
                         'content': {http.JSON: {
                             'schema': {'$ref': '#/components/schemas/CarList'}}}}},
-                    **_problems(400, 422, 503)),
+                    **_problems(400, *read_problems, 503)),
                 description='Filters combine with AND; text filters are exact and '
                             'case-insensitive (a blank one matches cars without that field). '
                             'Follow `next` (or the `Link` header) until it is null to see '
                             'every matching car exactly once, in `id` order. '
-                            'Unknown query parameters are an error (422).',
+                            'Unknown query parameters are an error (400).',
                 parameters=_list_parameters()),
             'post': _op(
                 'createCar', 'Add a car', dict({
-                    '201': _car_response('Created', 'Location')},
+                    '201': _car_response('Created (or its replay)', 'Location',
+                                         'Idempotent-Replayed')},
                     **_problems(400, *write_problems, 409, 413, 415, 422, 503)),
                 description='The server assigns an `id` (4 digits 1-9) unless the body '
                             'has one. Creating with an `id` that exists is a 409.',
                 parameters=[IDEMPOTENCY_KEY],
                 body=_body('CarNew', 'The new car, as JSON or as a form'),
                 security=WRITE),
+            'options': _preflight('carsPreflight'),
         },
         CAR: {
             'parameters': [CAR_ID],
@@ -364,7 +394,7 @@ def _build():
                     '200': _car_response('The car'),
                     '304': {'description': 'Not modified: `If-None-Match` matched',
                             'headers': {'ETag': ETAG}}},
-                    **_problems(404, 503)),
+                    **_problems(*read_problems, 404, 503)),
                 parameters=[IF_NONE_MATCH_READ]),
             'post': _op(
                 'updateCarPost', 'Partially update a car (the seed\'s update)', dict({
@@ -386,11 +416,11 @@ def _build():
                 'putCar', 'Create or replace the car with this id', dict({
                     '200': _car_response('Replaced'),
                     '201': _car_response('Created', 'Location')},
-                    **_problems(400, *write_problems, 412, 413, 415, 422, 503)),
+                    **_problems(400, *write_problems, 404, 412, 413, 415, 422, 503)),
                 description='A new car\'s id must use the digits 1-9 (ids with a 0 exist '
                             'only in data carried over from the seed and may only be '
                             'replaced). Absent optional fields become null.',
-                parameters=[IF_MATCH, IF_NONE_MATCH_PUT],
+                parameters=[CAR_ID_PUT, IF_MATCH, IF_NONE_MATCH_PUT],
                 body=_body('CarReplace', 'The whole car'),
                 security=WRITE),
             'delete': _op(
@@ -399,6 +429,7 @@ def _build():
                     **_problems(*write_problems, 404, 412, 503)),
                 parameters=[IF_MATCH],
                 security=WRITE),
+            'options': _preflight('carPreflight', 404),
         },
         '/api/v1/openapi.json': {'get': _op(
             'openapi', 'This document', {

@@ -31,8 +31,12 @@ STAGE ?= dev
 run: $(VENV)/.installed
 	$(VENV)/bin/python -m chalicelib.local_server --port $(PORT) --stage $(STAGE)
 
-test: $(VENV)/.installed node_modules/.installed
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+# The suite records the AWS calls the app's code makes (tests/conftest.py);
+# check_policy then fails if the stages' IAM policies do not allow one of them.
+test: $(VENV)/.installed node_modules/.installed lint
+	rm -f out/aws-calls.jsonl
+	CARS_RECORD_AWS_CALLS=out/aws-calls.jsonl $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python deploy/check_policy.py out/aws-calls.jsonl
 
 clean:
 	rm -rf $(VENV) node_modules out cars.db cars.db-wal cars.db-shm .pytest_cache .hypothesis .schemathesis
@@ -43,3 +47,35 @@ clean:
 #   package  deploy  bench  fuzz  lint
 # Add each to .PHONY with its own `.PHONY: name` line next to it.
 # ---------------------------------------------------------------------------
+
+# --- deployment (deploy/, .chalice/) -----------------------------------------
+# `make package STAGE=prod` writes out/sam.json and out/deployment.zip. Packaging
+# talks to no AWS service; the region only fills in Chalice's template.
+OUT ?= out
+export AWS_DEFAULT_REGION ?= us-east-1
+
+.PHONY: package
+package: $(VENV)/.installed
+	$(VENV)/bin/python deploy/package.py --stage $(STAGE) $(OUT)
+
+# Both stages packaged and checked by cfn-lint (zero errors and warnings).
+.PHONY: lint
+lint: $(VENV)/.installed
+	$(MAKE) --no-print-directory package STAGE=dev OUT=out/dev
+	$(MAKE) --no-print-directory package STAGE=prod OUT=out/prod
+	$(VENV)/bin/cfn-lint out/dev/sam.json out/prod/sam.json
+
+# Needs AWS credentials and the AWS CLI (not part of the Lambda package), and
+# an S3 bucket for the code: make deploy STAGE=prod ARTIFACT_BUCKET=my-bucket
+STACK ?= cars-$(STAGE)
+.PHONY: deploy
+deploy: package
+	@test -n "$(ARTIFACT_BUCKET)" || { echo "set ARTIFACT_BUCKET=<an S3 bucket for the code>" >&2; exit 2; }
+	aws cloudformation package --template-file $(OUT)/sam.json \
+		--s3-bucket $(ARTIFACT_BUCKET) --s3-prefix $(STACK) \
+		--output-template-file $(OUT)/packaged.json --use-json
+	aws cloudformation deploy --template-file $(OUT)/packaged.json --stack-name $(STACK) \
+		--capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset \
+		$(if $(CORS_ORIGINS),--parameter-overrides CorsOrigins=$(CORS_ORIGINS))
+	@aws cloudformation describe-stacks --stack-name $(STACK) \
+		--query "Stacks[0].Outputs[?OutputKey=='EndpointURL'].OutputValue" --output text

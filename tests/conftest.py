@@ -55,3 +55,60 @@ def dynamodb_endpoint():
 
 # Store fixtures (sqlite and DynamoDB Local) shared by the contract tests.
 from stores import api, dynamodb_table, sqlite_path, store, store_kind  # noqa: E402,F401
+
+
+# --- AWS calls made by the app's own code, for deploy/check_policy.py ---------
+# With CARS_RECORD_AWS_CALLS=<file> (set by `make test`), every boto3 call whose
+# stack passes through app.py or chalicelib/ is appended to <file>, so the IAM
+# policies can be checked against what the code really calls. Calls from test
+# setup (moto, DynamoDB Local fixtures) and from operator tools that do not run
+# in Lambda (chalicelib/table.py, chalicelib/cli.py) are left out.
+def _record_aws_calls(path):
+    import json
+    import sys
+    import threading
+
+    from botocore.client import BaseClient
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    app_files = (os.path.join(root, 'app.py'), os.path.join(root, 'chalicelib') + os.sep)
+    tool_files = tuple(os.path.join(root, 'chalicelib', f) for f in ('table.py', 'cli.py'))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    original = BaseClient._make_api_call
+    lock = threading.Lock()
+    seen = set()
+
+    def from_app():
+        frame, app = sys._getframe(2), False
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if name.startswith(tool_files):
+                return False
+            app = app or name.startswith(app_files)
+            frame = frame.f_back
+        return app
+
+    def recording(self, operation_name, api_params):
+        if from_app():
+            call = {'service': self.meta.service_model.signing_name,
+                    'operation': operation_name}
+            if call['service'] == 's3' and 'Key' in api_params:
+                call['key'] = api_params['Key']
+            if operation_name == 'TransactWriteItems':
+                # IAM checks each item's own action (Put -> PutItem, ...).
+                call['actions'] = sorted({'dynamodb:%sItem' % kind.replace('Item', '')
+                                          for item in api_params.get('TransactItems', [])
+                                          for kind in item})
+            line = json.dumps(call, sort_keys=True)
+            with lock:
+                if line not in seen:
+                    seen.add(line)
+                    with open(path, 'a') as f:
+                        f.write(line + '\n')
+        return original(self, operation_name, api_params)
+
+    BaseClient._make_api_call = recording
+
+
+if os.environ.get('CARS_RECORD_AWS_CALLS'):
+    _record_aws_calls(os.path.abspath(os.environ['CARS_RECORD_AWS_CALLS']))

@@ -79,3 +79,10 @@ deploy: package
 		$(if $(CORS_ORIGINS),--parameter-overrides CorsOrigins=$(CORS_ORIGINS))
 	@aws cloudformation describe-stacks --stack-name $(STACK) \
 		--query "Stacks[0].Outputs[?OutputKey=='EndpointURL'].OutputValue" --output text
+
+# Benchmarks, side by side with their references, as ratios; prints one table
+# (also kept in bench/results/). wrk is a Debian package; installed if missing.
+.PHONY: bench
+bench: $(VENV)/.installed node_modules/.installed
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)

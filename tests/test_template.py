@@ -1,0 +1,186 @@
+"""The deployment template: what `make package` writes for each stage.
+
+The contract tests are re-run here against a DynamoDB Local table created from
+the template's own table definition, so the deployed table and the code cannot
+drift apart.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'deploy'))
+
+import resources  # noqa: E402
+
+from chalicelib import store as store_module  # noqa: E402
+from chalicelib import table  # noqa: E402
+from stores import new_dynamodb_table  # noqa: E402
+# Every contract test, collected again in this module with the fixtures below.
+from test_api_contract import *  # noqa: E402,F401,F403
+
+
+def template_table_properties(stage='prod'):
+    return resources.build(stage, paths=[])['Resources'][resources.TABLE]['Properties']
+
+
+@pytest.fixture
+def dynamodb_table(dynamodb_endpoint, monkeypatch):
+    """A table made from the prod template's CarsTable properties."""
+    client, name = new_dynamodb_table(dynamodb_endpoint, template_table_properties())
+    monkeypatch.setenv('AWS_ENDPOINT_URL_DYNAMODB', dynamodb_endpoint)
+    monkeypatch.setenv('CARS_TABLE', name)
+    yield name
+    store_module.reset()
+    client.delete_table(TableName=name)
+
+
+@pytest.fixture
+def store_kind(request, monkeypatch):
+    monkeypatch.setenv('CARS_STORE', 'dynamodb')
+    request.getfixturevalue('dynamodb_table')
+    store_module.reset()
+    return 'dynamodb'
+
+
+@pytest.fixture(scope='module')
+def packaged(tmp_path_factory):
+    """Both stages packaged as `make package` does, with no AWS credentials
+    and every proxy pointing at a closed port: packaging must not need AWS."""
+    out = {}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(('AWS_', 'CARS_')) and k.lower() not in ('http_proxy', 'https_proxy')}
+    env.update(AWS_DEFAULT_REGION='us-east-1', AWS_EC2_METADATA_DISABLED='true',
+               AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+               HTTPS_PROXY='http://127.0.0.1:9', HTTP_PROXY='http://127.0.0.1:9',
+               NO_PROXY='')
+    for stage in ('dev', 'prod'):
+        target = tmp_path_factory.mktemp(stage)
+        subprocess.run([sys.executable, os.path.join(ROOT, 'deploy', 'package.py'),
+                        '--stage', stage, str(target)], env=env, check=True,
+                       capture_output=True, timeout=300)
+        with open(target / 'sam.json') as f:
+            out[stage] = json.load(f)
+    return out
+
+
+def test_the_template_table_is_the_table_json_definition_plus_stage_protection():
+    for stage, protected in (('dev', False), ('prod', True)):
+        built = resources.build(stage, paths=[])['Resources'][resources.TABLE]
+        props = dict(built['Properties'])
+        assert props.pop('DeletionProtectionEnabled') is protected
+        props.pop('Tags')
+        assert props == table.cloudformation_properties()
+        assert built['DeletionPolicy'] == ('Retain' if protected else 'Delete')
+        assert built['UpdateReplacePolicy'] == built['DeletionPolicy']
+
+
+def test_table_json_has_the_settings_the_deployment_promises():
+    props = table.cloudformation_properties()
+    assert props['BillingMode'] == 'PAY_PER_REQUEST'
+    assert props['PointInTimeRecoverySpecification'] == {'PointInTimeRecoveryEnabled': True}
+    assert props['SSESpecification'] == {'SSEEnabled': True}
+    assert props['StreamSpecification'] == {'StreamViewType': 'NEW_AND_OLD_IMAGES'}
+    assert props['TimeToLiveSpecification'] == {'AttributeName': 'expires_at', 'Enabled': True}
+
+
+def test_no_chalice_placeholder_survives_packaging(packaged):
+    for stage, template in packaged.items():
+        text = json.dumps(template)
+        for placeholder in ('cars-ingest', '123456789012', 'cars-import-bucket'):
+            assert placeholder not in text, (stage, placeholder)
+
+
+def test_event_sources_point_at_the_stacks_own_resources(packaged):
+    res = packaged['prod']['Resources']
+    sqs = res[resources.INGEST_FUNCTION]['Properties']['Events'][resources.INGEST_EVENT]
+    assert sqs['Properties']['Queue'] == {'Fn::Sub': '${CarsIngestQueue.Arn}'}
+    assert sqs['Properties']['FunctionResponseTypes'] == ['ReportBatchItemFailures']
+    stream = res[resources.PUBLISH_FUNCTION]['Properties']['Events'][resources.PUBLISH_EVENT]
+    assert stream['Properties']['Stream'] == {'Fn::GetAtt': ['CarsTable', 'StreamArn']}
+    rule = res[resources.IMPORT_FUNCTION]['Properties']['Events'][resources.IMPORT_EVENT]
+    detail = rule['Properties']['Pattern']['detail']
+    assert detail['bucket']['name'] == [{'Ref': 'CarsBucket'}]
+    assert detail['object']['key'] == [{'prefix': 'imports/'}]
+
+
+def test_ingest_queue_sends_what_keeps_failing_to_the_dead_letter_queue(packaged):
+    queue = packaged['prod']['Resources'][resources.QUEUE]['Properties']
+    assert queue['RedrivePolicy']['deadLetterTargetArn'] == {
+        'Fn::GetAtt': [resources.DEAD_LETTERS, 'Arn']}
+    assert queue['RedrivePolicy']['maxReceiveCount'] >= 2
+    # Lambda refuses a mapping whose queue hides messages for less than the
+    # function may run.
+    assert queue['VisibilityTimeout'] >= packaged['prod']['Resources'][
+        resources.INGEST_FUNCTION]['Properties']['Timeout']
+
+
+def test_bucket_is_private_encrypted_and_sends_events_to_eventbridge(packaged):
+    bucket = packaged['prod']['Resources'][resources.BUCKET]['Properties']
+    assert all(bucket['PublicAccessBlockConfiguration'].values())
+    assert len(bucket['PublicAccessBlockConfiguration']) == 4
+    assert bucket['BucketEncryption']['ServerSideEncryptionConfiguration']
+    assert bucket['NotificationConfiguration']['EventBridgeConfiguration'] == {
+        'EventBridgeEnabled': True}
+
+
+def test_every_function_gets_the_stack_resources_but_chalice_local_does_not(packaged):
+    for stage, template in packaged.items():
+        env = template['Globals']['Function']['Environment']['Variables']
+        assert env['CARS_TABLE'] == {'Ref': 'CarsTable'}
+        assert env['CARS_BUCKET'] == {'Ref': 'CarsBucket'}
+        assert env['CARS_EVENTS_TOPIC_ARN'] == {'Ref': 'CarsChangesTopic'}
+        assert env['CARS_AUTH_SSM_PARAMETER'] == '/cars/%s/auth-tokens' % stage
+        assert 'CARS_STORE' not in env
+    with open(os.path.join(ROOT, '.chalice', 'config.json')) as f:
+        config = json.load(f)
+    # `chalice local` applies stage variables to the local process: none may
+    # switch it off sqlite or turn on SSM-backed write protection.
+    for stage in config['stages'].values():
+        assert 'environment_variables' not in stage
+    assert 'environment_variables' not in config
+
+
+def test_writes_are_guarded_by_the_token_authorizer_when_deployed(packaged):
+    for template in packaged.values():
+        body = template['Resources']['RestAPI']['Properties']['DefinitionBody']
+        post = body['paths']['/api/v1/cars']['post']
+        assert post.get('security'), 'POST /api/v1/cars has no authorizer'
+        assert 'TokenAuthorizer' in template['Resources']
+
+
+@pytest.mark.parametrize('kind,status', [
+    ('MISSING_AUTHENTICATION_TOKEN', 404), ('UNAUTHORIZED', 401), ('ACCESS_DENIED', 403),
+    ('THROTTLED', 429), ('DEFAULT_4XX', 400), ('DEFAULT_5XX', 500)])
+def test_gateway_errors_answer_in_the_problem_format(packaged, kind, status):
+    body = packaged['prod']['Resources']['RestAPI']['Properties']['DefinitionBody']
+    response = body['x-amazon-apigateway-gateway-responses'][kind]
+    assert response['statusCode'] == str(status)
+    assert response['responseParameters']['gatewayresponse.header.Content-Type'] == \
+        "'application/problem+json'"
+    # API Gateway substitutes $context.error.messageString with a quoted string.
+    text = response['responseTemplates']['application/json'].replace(
+        '$context.error.messageString', '"Missing Authentication Token"')
+    problem = json.loads(text)
+    assert problem['status'] == status
+    assert set(problem) == {'type', 'title', 'status', 'detail'}
+
+
+def test_unknown_methods_on_known_paths_reach_the_app_for_a_405(packaged):
+    paths = packaged['prod']['Resources']['RestAPI']['Properties']['DefinitionBody']['paths']
+    for path, methods in paths.items():
+        assert 'x-amazon-apigateway-any-method' in methods, path
+
+
+def test_stage_is_throttled_and_access_logged(packaged):
+    for stage, template in packaged.items():
+        api = template['Resources']['RestAPI']['Properties']
+        settings = api['MethodSettings'][0]
+        assert settings['ThrottlingRateLimit'] == resources.STAGES[stage]['rate_limit']
+        assert settings['ThrottlingBurstLimit'] == resources.STAGES[stage]['burst_limit']
+        assert api['AccessLogSetting']['DestinationArn'] == {
+            'Fn::GetAtt': [resources.ACCESS_LOGS, 'Arn']}
+        assert 'EndpointURL' in template['Outputs']

@@ -23,7 +23,9 @@ This module is for local serving only; Lambda never imports it.
 import argparse
 import logging
 import os
+import queue
 import sys
+import threading
 
 from chalice.local import (ChaliceRequestHandler, CustomLocalChalice, LocalChalice,
                            LocalDevServer, LocalGateway, LocalGatewayException,
@@ -76,6 +78,14 @@ class FastRequestHandler(ChaliceRequestHandler):
             return self._generic_handle
         raise AttributeError(name)
 
+    def log_message(self, format, *args):
+        # http.server writes each access line to stderr from the request's
+        # thread: a system call that hands the GIL to another thread and then
+        # waits its turn to get it back, on every request. The same lines go
+        # through a queue to one writer thread instead.
+        _access_log.put('%s - - [%s] %s\n' % (self.address_string(),
+                                               self.log_date_time_string(), format % args))
+
     @property
     def local_gateway(self):
         return self._gateway
@@ -84,6 +94,20 @@ class FastRequestHandler(ChaliceRequestHandler):
     def local_gateway(self, value):
         # The base class assigns a stock LocalGateway; keep ours.
         pass
+
+
+_access_log = queue.SimpleQueue()
+_writer = None
+
+
+def _write_access_log(stream=None):
+    while True:
+        lines = [_access_log.get()]
+        while not _access_log.empty():
+            lines.append(_access_log.get_nowait())
+        out = stream or sys.stderr
+        out.write(''.join(lines))
+        out.flush()
 
 
 class DevServer(ThreadedHTTPServer):
@@ -113,6 +137,10 @@ def make_server(host='127.0.0.1', port=8000, stage='dev', project_dir=PROJECT_DI
     # every connection is served on its own thread.
     CustomLocalChalice.__bases__ = (LocalChalice, app_obj.__class__)
     app_obj.__class__ = CustomLocalChalice
+    global _writer
+    if _writer is None:
+        _writer = threading.Thread(target=_write_access_log, name='access-log', daemon=True)
+        _writer.start()
     return LocalDevServer(app_obj, config, host, port, handler_cls=FastRequestHandler,
                           server_cls=DevServer)
 

@@ -23,7 +23,7 @@ pre{background:#f1f4f8;padding:.7rem;border-radius:6px;overflow:auto;white-space
 nav ul{columns:2;padding-left:1.2rem}
 section.op{background:#fff;border:1px solid #dde3ea;border-radius:8px;padding:.4rem 1rem 1rem;margin:1rem 0}
 .m{display:inline-block;min-width:4.2em;text-align:center;font-weight:700;color:#fff;border-radius:4px;padding:0 .4em;margin-right:.4em}
-.get{background:#2f7d32}.post{background:#1565c0}.put{background:#8e5b00}.patch{background:#6a3fa0}.delete{background:#b3261e}
+.get{background:#2f7d32}.post{background:#1565c0}.put{background:#8e5b00}.patch{background:#6a3fa0}.delete{background:#b3261e}.options{background:#546e7a}
 table{border-collapse:collapse;width:100%;margin:.4rem 0}
 th,td{border:1px solid #dde3ea;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f1f4f8}

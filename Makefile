@@ -33,7 +33,7 @@ run: $(VENV)/.installed
 
 # The suite records the AWS calls the app's code makes (tests/conftest.py);
 # check_policy then fails if the stages' IAM policies do not allow one of them.
-test: $(VENV)/.installed node_modules/.installed lint
+test: $(VENV)/.installed node_modules/.installed chromium lint
 	rm -f out/aws-calls.jsonl
 	CARS_RECORD_AWS_CALLS=out/aws-calls.jsonl $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	$(VENV)/bin/python deploy/check_policy.py out/aws-calls.jsonl
@@ -86,3 +86,16 @@ deploy: package
 bench: $(VENV)/.installed node_modules/.installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# --- API document, docs page and fuzzing ----------------------------------------
+# Headless Chromium renders the docs page in tests/test_docs_page.py; Debian's
+# packages, installed when missing (CI runs as root).
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+
+# Schemathesis against the served openapi.json, on sqlite and DynamoDB Local.
+# FUZZ_EXAMPLES (default 200 per operation) and FUZZ_SEED tune it.
+.PHONY: fuzz
+fuzz: $(VENV)/.installed node_modules/.installed
+	$(VENV)/bin/python -m pytest tests/test_fuzz.py $(PYTEST_ARGS)

@@ -9,6 +9,10 @@ from chalicelib import auth, automation, cars, config, cors, http, idempotency
 from chalicelib.store import get_store
 
 app = Chalice(app_name='cars')
+# The API sends and accepts text only (JSON, forms, HTML, plain text). With no
+# binary media types, Chalice skips matching every request's Accept and every
+# response's Content-Type against its 16 defaults, on every request.
+app.api.binary_types = []
 # Outermost first: CORS headers go on every answer, errors included; the
 # token check runs after the id rule, just before the views.
 app.register_middleware(cors.middleware, 'http')

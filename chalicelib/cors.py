@@ -53,11 +53,14 @@ def preflight(request, allow=ALLOW_METHODS):
 
 def middleware(event, get_response):
     response = get_response(event)
+    if not allowed_origins():
+        # CORS off (the default): every request pays one environment read, no more.
+        return response
     origin = allowed_origin(event.headers.get('origin'))
     if origin and 'Access-Control-Allow-Origin' not in response.headers:
         response.headers['Access-Control-Allow-Origin'] = origin
         response.headers['Access-Control-Expose-Headers'] = EXPOSE_HEADERS
         response.headers['Vary'] = 'Origin'
-    elif allowed_origins() and 'Vary' not in response.headers:
+    elif 'Vary' not in response.headers:
         response.headers['Vary'] = 'Origin'
     return response

@@ -27,9 +27,9 @@ import queue
 import sys
 import threading
 
-from chalice.local import (ChaliceRequestHandler, CustomLocalChalice, LocalChalice,
-                           LocalDevServer, LocalGateway, LocalGatewayException,
-                           ThreadedHTTPServer)
+from chalice.local import (ChaliceRequestHandler, CustomLocalChalice, LambdaContext,
+                           LocalChalice, LocalDevServer, LocalGateway,
+                           LocalGatewayException, ThreadedHTTPServer)
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,6 +47,21 @@ def _not_found_error(path):
 
 class ProblemGateway(LocalGateway):
     """LocalGateway that answers unrouted paths with a 404 problem."""
+
+    _context_args = None
+
+    def _generate_lambda_context(self):
+        # Chalice's Config resolves each of these through its chain of stage
+        # and global settings on every request; they cannot change while serving.
+        if self._context_args is None:
+            timeout = self._config.lambda_timeout
+            if timeout is None:
+                timeout = self.MAX_LAMBDA_EXECUTION_TIME
+            self._context_args = (self._config.function_name,
+                                  self._config.lambda_memory_size, timeout * 1000)
+        name, memory, max_runtime_ms = self._context_args
+        return LambdaContext(function_name=name, memory_size=memory,
+                             max_runtime_ms=max_runtime_ms)
 
     def _generate_lambda_event(self, method, path, headers, body):
         try:

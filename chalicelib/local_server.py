@@ -26,10 +26,12 @@ import os
 import queue
 import sys
 import threading
+from urllib.parse import parse_qs
 
 from chalice.local import (ChaliceRequestHandler, CustomLocalChalice, LambdaContext,
-                           LocalChalice, LocalDevServer, LocalGateway,
-                           LocalGatewayException, ThreadedHTTPServer)
+                           LambdaEventConverter, LocalChalice, LocalDevServer, LocalGateway,
+                           LocalGatewayException, MatchResult, RouteMatcher,
+                           ThreadedHTTPServer)
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,10 +47,41 @@ def _not_found_error(path):
     return RouteNotFound(response['headers'], response['body'].encode('utf-8'))
 
 
+class CachingRouteMatcher(RouteMatcher):
+    """Chalice's RouteMatcher, remembering which route each path matched.
+
+    The stock matcher splits every route template on every request; a client
+    (a browser, a benchmark) asks for the same few paths again and again.
+    """
+
+    MAX_PATHS = 4096
+
+    def __init__(self, route_urls):
+        super().__init__(route_urls)
+        self._matched = {}
+
+    def match_route(self, url):
+        path, _, query = url.partition('?')
+        hit = self._matched.get(path)
+        if hit is None:
+            found = super().match_route(path)  # ValueError when nothing matches
+            if len(self._matched) >= self.MAX_PATHS:
+                self._matched.clear()
+            hit = self._matched[path] = (found.route, found.captured)
+        route, captured = hit
+        params = parse_qs(query, keep_blank_values=True) if query else {}
+        return MatchResult(route, dict(captured), params)
+
+
 class ProblemGateway(LocalGateway):
     """LocalGateway that answers unrouted paths with a 404 problem."""
 
     _context_args = None
+
+    def __init__(self, app_object, config):
+        super().__init__(app_object, config)
+        self.event_converter = LambdaEventConverter(
+            CachingRouteMatcher(list(app_object.routes)), app_object.api.binary_types)
 
     def _generate_lambda_context(self):
         # Chalice's Config resolves each of these through its chain of stage

@@ -14,8 +14,16 @@ from servers import LocalServer
 from stores import server_env
 
 
+@pytest.fixture(params=['chalice', 'dev'])
+def server(request, store_kind, tmp_path):
+    """Stock `chalice local`, and `make run`'s server built on the same classes."""
+    with LocalServer(env=server_env(), kind=request.param,
+                     log_path=str(tmp_path / 'server.log')) as s:
+        yield s
+
+
 @pytest.fixture
-def server(store_kind, tmp_path):
+def dev_server(store_kind, tmp_path):
     with LocalServer(env=server_env(), log_path=str(tmp_path / 'server.log')) as s:
         yield s
 
@@ -72,7 +80,8 @@ def test_every_route_over_http(server):
 
 
 @pytest.mark.http
-def test_concurrent_creates_never_share_an_id(server):
+def test_concurrent_creates_never_share_an_id(dev_server):
+    server = dev_server
     threads, per_thread = 8, 15
 
     def work(n):
@@ -95,7 +104,8 @@ def test_concurrent_creates_never_share_an_id(server):
 
 
 @pytest.mark.http
-def test_concurrent_creates_fill_the_last_free_ids_exactly(server, store):
+def test_concurrent_creates_fill_the_last_free_ids_exactly(dev_server, store):
+    server = dev_server
     from chalicelib import cars
     every = cars.all_assignable_ids()
     free = set(every[::300])  # 22 ids left free

@@ -66,7 +66,7 @@ def list_cars():
     headers = {}
     if more and records:
         body['next'] = http.make_cursor(records[-1]['id'], filters)
-        headers['Link'] = http.next_link(CARS, params, body['next'])
+        headers['Link'] = http.next_link(http.url_path(request, CARS), params, body['next'])
     return Response(body=body, headers=headers)
 
 
@@ -95,7 +95,8 @@ def create_car():
 
 def _create(fields):
     record = get_store().create({k: fields[k] for k in cars.FIELDS}, fields.get('id'))
-    return http.car_response(record, 201, {'Location': '%s/%s' % (CARS, record['id'])})
+    location = http.url_path(app.current_request, '%s/%s' % (CARS, record['id']))
+    return http.car_response(record, 201, {'Location': location})
 
 
 @app.route(CARS, methods=['OPTIONS'])
@@ -146,7 +147,7 @@ def put_car(car_id):
     record, created = get_store().replace(
         car_id, {k: fields[k] for k in cars.FIELDS}, http.write_precondition(request),
         http.only_if_absent(request))
-    headers = {'Location': '%s/%s' % (CARS, car_id)} if created else None
+    headers = {'Location': http.url_path(request, '%s/%s' % (CARS, car_id))} if created else None
     return http.car_response(record, 201 if created else 200, headers)
 
 

@@ -351,6 +351,23 @@ def read_cursor(cursor, filters):
     return after
 
 
+def url_path(request, path):
+    """`path` as the client must ask for it.
+
+    Behind API Gateway's own domain every URL carries the stage first
+    (`/api/api/v1/cars`); requestContext.path is what the client sent and the
+    event's `path` is what the app routes on, so the difference is the prefix
+    to keep in Location and Link. Locally and on a custom domain at the root
+    the two are equal and nothing is added.
+    """
+    event = request.to_original_event() or {}
+    sent = (event.get('requestContext') or {}).get('path') or ''
+    routed = event.get('path') or ''
+    if routed and sent != routed and sent.endswith(routed):
+        return sent[:len(sent) - len(routed)] + path
+    return path
+
+
 def next_link(path, params, cursor):
     query = {k: v for k, v in params.items() if k != 'cursor'}
     query['cursor'] = cursor

@@ -388,3 +388,27 @@ def test_when_every_id_is_taken_create_without_id_is_409_and_nothing_changes(api
     # Freeing one id makes it the one assigned.
     api.http.delete('/api/v1/cars/5555')
     assert create(api)['id'] == '5555'
+
+
+# --- deployed behind API Gateway's own domain ----------------------------------------
+
+def gateway_event(method, path, body=None, query=None):
+    """A REST API proxy event as API Gateway sends it on its execute-api domain (stage `api`)."""
+    return {'resource': path, 'path': path, 'httpMethod': method,
+            'headers': {'content-type': 'application/json'}, 'multiValueHeaders': {},
+            'queryStringParameters': query,
+            'multiValueQueryStringParameters': {k: [v] for k, v in (query or {}).items()} or None,
+            'pathParameters': None, 'stageVariables': None,
+            'requestContext': {'resourcePath': path, 'httpMethod': method,
+                               'path': '/api' + path, 'stage': 'api'},
+            'body': json.dumps(body) if body is not None else None, 'isBase64Encoded': False}
+
+
+def test_location_and_link_keep_the_stage_prefix_of_the_gateway_domain(api, store):
+    from app import app
+    r = app(gateway_event('POST', '/api/v1/cars', COROLLA), None)
+    assert r['statusCode'] == 201
+    assert r['headers']['Location'] == '/api/api/v1/cars/' + json.loads(r['body'])['id']
+    seed(store, 3)
+    r = app(gateway_event('GET', '/api/v1/cars', query={'limit': '1'}), None)
+    assert r['headers']['Link'].startswith('</api/api/v1/cars?limit=1&cursor=')

@@ -4,7 +4,7 @@ Every figure is measured side by side with its reference in the same run,
 alternating between the two, and reported as a ratio: the machines are shared
 and noisy, so absolute times move from run to run while ratios hold.
 
-    python bench/run.py [--only warm,cold,dynamodb,serve,scale] [--quick]
+    python bench/run.py [--only warm,cold,dynamodb,serve,scale] [--quick] [--strict]
 
 Sections:
   warm      requests through the Lambda entry point app.app(event, context),
@@ -60,34 +60,9 @@ def us(seconds):
     return '%.0f µs' % (seconds * 1e6) if seconds < 0.001 else '%.2f ms' % (seconds * 1e3)
 
 
-# --- events for the Lambda entry point -----------------------------------------
-
-def proxy_event(method, path, resource, params=None, body=None, query=None, headers=None):
-    """An API Gateway REST proxy event, as Lambda hands it to app.app."""
-    headers = dict({'host': 'bench.example', 'accept': '*/*'}, **(headers or {}))
-    if body is not None:
-        headers['content-type'] = 'application/json'
-        body = json.dumps(body)
-    return {
-        'resource': resource, 'path': path, 'httpMethod': method,
-        'headers': headers, 'multiValueHeaders': {k: [v] for k, v in headers.items()},
-        'queryStringParameters': query,
-        'multiValueQueryStringParameters': {k: [v] for k, v in query.items()} if query else None,
-        'pathParameters': params, 'stageVariables': None,
-        'requestContext': {'resourcePath': resource, 'httpMethod': method, 'path': path,
-                           'stage': 'api', 'requestId': 'bench', 'identity': {}},
-        'body': body, 'isBase64Encoded': False,
-    }
-
-
-class Context(object):
-    function_name = 'bench'
-    memory_limit_in_mb = 512
-    aws_request_id = 'bench'
-    invoked_function_arn = 'arn:aws:lambda:us-east-1:000000000000:function:bench'
-
-    def get_remaining_time_in_millis(self):
-        return 30000
+# Events and a context for the Lambda entry point live in bench/lambda_events.py: the
+# cold-start scripts import them too, and nothing else from here.
+from lambda_events import Context, proxy_event  # noqa: E402
 
 
 # --- in-process timing ------------------------------------------------------------
@@ -200,7 +175,7 @@ COLD_APP = '''
 import json, os, sys
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {bench!r})
-from run import proxy_event, Context
+from lambda_events import proxy_event, Context
 import app
 car = {car_id!r}
 r = app.app(proxy_event('GET', '/api/v1/cars/' + car, '/api/v1/cars/{{car_id}}',
@@ -211,7 +186,7 @@ assert r['statusCode'] == 200, r
 COLD_BARE_APP = '''
 import sys
 sys.path.insert(0, {bench!r})
-from run import proxy_event, Context
+from lambda_events import proxy_event, Context
 from chalice import Chalice
 app = Chalice(app_name='bare')
 
@@ -506,6 +481,8 @@ def main(argv=None):
     parser.add_argument('--only', default=','.join(SECTIONS),
                         help='comma-separated sections (%s)' % ', '.join(SECTIONS))
     parser.add_argument('--quick', action='store_true', help='fewer rounds, for a smoke run')
+    parser.add_argument('--strict', action='store_true',
+                        help='exit with status 1 when a target is missed')
     args = parser.parse_args(argv)
     sys.path.insert(0, ROOT)
     tmp = tempfile.mkdtemp(prefix='cars-bench-')
@@ -521,7 +498,8 @@ def main(argv=None):
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, time.strftime('%Y%m%d-%H%M%S.md')), 'w') as f:
         f.write(text)
-    return 1 if any(r[-1] == 'MISSED' for r in rows) else 0
+    missed = any(r[-1] == 'MISSED' for r in rows)
+    return 1 if missed and args.strict else 0
 
 
 if __name__ == '__main__':

@@ -54,7 +54,8 @@ def dynamodb_endpoint():
 
 
 # Store fixtures (sqlite and DynamoDB Local) shared by the contract tests.
-from stores import api, dynamodb_table, sqlite_path, store, store_kind  # noqa: E402,F401
+from stores import (api, dynamodb_table, dynamodb_table_with_stream, sqlite_path,  # noqa: E402,F401
+                    store, store_kind)
 
 
 # --- AWS calls made by the app's own code, for deploy/check_policy.py ---------

@@ -77,7 +77,8 @@ def topic(monkeypatch):
 
 
 def test_stream_records_of_cars_are_published_and_others_ignored(
-        dynamodb_table, dynamodb_endpoint, monkeypatch, topic):
+        dynamodb_table_with_stream, dynamodb_endpoint, monkeypatch, topic):
+    dynamodb_table = dynamodb_table_with_stream
     monkeypatch.setenv('CARS_STORE', 'dynamodb')
     car_id = make_changes(get_store())
     records = stream_records(dynamodb_endpoint, dynamodb_table)

@@ -60,12 +60,8 @@ def test_fuzzing_the_sqlite_store_finds_nothing_the_document_does_not_promise(tm
 @pytest.mark.timeout(900)
 def test_fuzzing_the_dynamodb_store_finds_nothing_the_document_does_not_promise(
         tmp_path, dynamodb_endpoint):
-    import boto3
-
-    from chalicelib.table import create_table
-    name = 'fuzz-%s' % uuid.uuid4().hex[:8]
-    client = boto3.client('dynamodb', endpoint_url=dynamodb_endpoint)
-    create_table(client, name)
+    from stores import new_dynamodb_table
+    client, name = new_dynamodb_table(dynamodb_endpoint)
     env = {'CARS_STORE': 'dynamodb', 'CARS_TABLE': name,
            'AWS_ENDPOINT_URL_DYNAMODB': dynamodb_endpoint, 'CARS_AUTH_TOKENS': TOKEN}
     try:

@@ -112,8 +112,9 @@ def call(handler, event, status):
 def fill_sqlite(path, n):
     """A sqlite store file holding the first n assignable ids (the CLI's bulk path)."""
     os.environ['CARS_DB_PATH'] = path
-    from chalicelib import cars
+    from chalicelib import cars, config
     from chalicelib.store import get_store
+    config.reload()
     ids = cars.all_assignable_ids()[:n]
     get_store('sqlite').put_many([dict(CAR, id=i) for i in ids])
     return ids
@@ -426,12 +427,14 @@ def bench_scale(args, tmp):
     fill_sqlite(small, 100)
     ids = fill_sqlite(large, 6561)
     import app
+    from chalicelib import config
     one = '/api/v1/cars/{car_id}'
     car_id = ids[50]  # present in both stores
 
     def with_db(path, event):
         def run():
             os.environ['CARS_DB_PATH'] = path
+            config.reload()  # both sides pay it: the app remembers settings otherwise
             response = app.app(event, Context())
             if response['statusCode'] != 200:
                 raise AssertionError(response)

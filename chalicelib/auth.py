@@ -33,10 +33,10 @@ Gateway, and `chalice local` imitating it, answer a request without an
 Authorization header with a JSON 401 of their own before any code runs,
 which would both break "unset means open" and the problem+json promise.
 """
-import hmac
-import os
 import threading
 import time
+
+from chalicelib import config
 
 SSM_CACHE_SECONDS = 60
 PRINCIPAL = 'cars-writer'
@@ -55,11 +55,11 @@ class AuthError(Exception):
 
 
 def _flag(name):
-    return os.environ.get(name, '').strip().lower() in _TRUE
+    return config.env(name, '').strip().lower() in _TRUE
 
 
 def ssm_parameter():
-    return os.environ.get('CARS_AUTH_SSM_PARAMETER', '').strip() or None
+    return config.env('CARS_AUTH_SSM_PARAMETER', '').strip() or None
 
 
 def reads_protected():
@@ -73,8 +73,8 @@ def gateway_enforced():
 
 def enabled():
     """Cheap: is any write protection configured (or required) here?"""
-    return bool(os.environ.get('CARS_AUTH_TOKENS') or ssm_parameter()
-                or (os.environ.get('AWS_LAMBDA_FUNCTION_NAME') and not _flag('CARS_AUTH_DISABLED')))
+    return bool(config.env('CARS_AUTH_TOKENS') or ssm_parameter()
+                or (config.env('AWS_LAMBDA_FUNCTION_NAME') and not _flag('CARS_AUTH_DISABLED')))
 
 
 def _split(raw):
@@ -125,13 +125,13 @@ def clear_cache():
 
 def tokens():
     """The accepted tokens, or None when protection is off. Raises AuthError(503)."""
-    raw = os.environ.get('CARS_AUTH_TOKENS')
+    raw = config.env('CARS_AUTH_TOKENS')
     if raw is not None and raw.strip():
         return _split(raw)
     name = ssm_parameter()
     if name:
         return _ssm_tokens(name)
-    if os.environ.get('AWS_LAMBDA_FUNCTION_NAME') and not _flag('CARS_AUTH_DISABLED'):
+    if config.env('AWS_LAMBDA_FUNCTION_NAME') and not _flag('CARS_AUTH_DISABLED'):
         raise AuthError(503, 'this stage has no write protection configured; writes are '
                         'refused until it has', 'auth-unavailable')
     return None
@@ -149,6 +149,7 @@ def bearer(header):
 
 
 def is_valid(token, accepted):
+    import hmac  # only writes under protection need it (cold start)
     given = token.encode('utf-8', 'surrogatepass')
     # Compare with every token, without stopping early, so the time taken
     # says nothing about which token came close.
@@ -216,7 +217,7 @@ def authorize(auth_request):
     try:
         check(auth_request.token)
     except AuthError as e:
-        if e.status == 401 and os.environ.get('AWS_LAMBDA_FUNCTION_NAME'):
+        if e.status == 401 and config.env('AWS_LAMBDA_FUNCTION_NAME'):
             raise Exception('Unauthorized')  # the exact text API Gateway maps to 401
         if e.status == 503:
             raise Exception('Unavailable')  # API Gateway: 500 AUTHORIZER_FAILURE, never open

@@ -9,9 +9,8 @@ Exactly-once writes use chalicelib.idempotency (the API's Idempotency-Key
 machinery) with their own namespaces: `sqs` keyed by the SQS message id, and
 `import` keyed by the imported file and row.
 """
-import csv
-import datetime
-import hashlib
+# csv, hashlib and datetime are imported where used: the API imports this
+# module for its event wiring, and its cold start should not pay for them.
 import io
 import json
 import logging
@@ -115,6 +114,7 @@ def read_rows(name, data):
 
 
 def _csv_rows(text):
+    import csv
     reader = csv.reader(io.StringIO(text, newline=''), strict=True)
     try:
         header = next(reader, None)
@@ -197,6 +197,7 @@ def format_errors(errors, limit=50):
 
 def write_rows(out, records, fmt):
     """Write public cars to a text stream as CSV (with header) or JSON Lines."""
+    import csv
     if fmt == 'csv':
         writer = csv.writer(out, lineterminator='\n')
         writer.writerow(COLUMNS)
@@ -259,6 +260,7 @@ def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH):
 
 def import_data(store, name, data, source=None, progress=None):
     """Import a file's bytes, writing the valid rows; return the report dict."""
+    import hashlib
     started = _now()
     report = {'file': name, 'started_at': started, 'rows': 0, 'valid': 0, 'invalid': 0,
               'written': 0, 'created': 0, 'already_created': 0, 'errors': []}
@@ -434,6 +436,7 @@ def publish_stream_records(records, sns=None, topic=None):
 
 def export_inventory(bucket=None, day=None, s3=None, store=None):
     """Write the whole inventory as JSON Lines and CSV under exports/<date>/."""
+    import datetime
     bucket = bucket or bucket_name()
     day = day or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     store = store or get_store()
@@ -453,4 +456,5 @@ def export_inventory(bucket=None, day=None, s3=None, store=None):
 
 
 def _now():
+    import datetime
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')

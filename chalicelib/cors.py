@@ -9,7 +9,7 @@ defines its own OPTIONS routes (answered by `preflight`) and a middleware adds
 the response headers, so the same code decides locally and deployed, reads
 the origin list at run time, and can echo one of several allowed origins.
 """
-import os
+from chalicelib import config
 
 ALLOW_METHODS = 'GET, POST, PUT, PATCH, DELETE, OPTIONS'
 ALLOW_HEADERS = ('Authorization, Content-Type, If-Match, If-None-Match, Idempotency-Key')
@@ -18,7 +18,7 @@ MAX_AGE = '600'
 
 
 def allowed_origins():
-    raw = os.environ.get('CARS_CORS_ORIGINS', '')
+    raw = config.env('CARS_CORS_ORIGINS', '')
     return [o.strip().rstrip('/') for o in raw.split(',') if o.strip()]
 
 

@@ -12,12 +12,11 @@ SNS; locally the sqlite store writes them to its `outbox` table in the same
 transaction as the car (`outbox_insert`), and `python -m chalicelib.cli events`
 prints them. Both paths build the event with `build_event`.
 """
-import datetime
 import json
-import uuid
+import os
 
 from chalicelib import cars
-from chalicelib.store.base import now_iso
+from chalicelib.store.base import iso_utc, now_iso
 
 CREATED = 'car.created'
 UPDATED = 'car.updated'
@@ -74,18 +73,17 @@ def from_stream_record(record):
     at = None
     stamp = ddb.get('ApproximateCreationDateTime')
     if after is None and stamp is not None:
-        at = datetime.datetime.fromtimestamp(float(stamp), datetime.timezone.utc).isoformat(
-            timespec='milliseconds')
+        at = iso_utc(float(stamp))
     # The stream's eventID is stable across Lambda retries, so a consumer can
     # drop an event it has already seen.
-    return build_event(before, after, record.get('eventID') or uuid.uuid4().hex, 'dynamodb', at)
+    return build_event(before, after, record.get('eventID') or os.urandom(16).hex(), 'dynamodb', at)
 
 
 # --- the sqlite outbox ------------------------------------------------------------
 
 def outbox_insert(conn, before, after):
     """Record a change inside the caller's transaction."""
-    event = build_event(before, after, uuid.uuid4().hex, 'sqlite',
+    event = build_event(before, after, os.urandom(16).hex(), 'sqlite',
                         None if after is not None else now_iso())
     conn.execute('INSERT INTO outbox (event) VALUES (?)',
                  (json.dumps(event, separators=(',', ':'), ensure_ascii=False),))

@@ -1,12 +1,12 @@
 """HTTP concerns in one place: problem responses, body parsing, ETags, cursors.
 
+Modules only some requests need (hashing for cursors) are imported where used:
+a cold start pays for what its request uses.
+
 Routes in app.py translate requests into domain calls through these helpers;
 the domain (chalicelib.cars) and the stores know nothing of HTTP.
 """
-import base64
 import functools
-import hashlib
-import hmac
 import json
 import logging
 import urllib.parse
@@ -317,14 +317,18 @@ _CURSOR_KEY = b'cars-api-cursor-v1'
 
 
 def _sign(payload):
+    import hashlib
+    import hmac
     return hmac.new(_CURSOR_KEY, payload, hashlib.sha256).digest()[:12]
 
 
 def _filters_digest(filters):
+    import hashlib
     return hashlib.sha256(filters.fingerprint().encode('utf-8')).hexdigest()[:16]
 
 
 def make_cursor(after, filters):
+    import base64
     payload = json.dumps([after, _filters_digest(filters)], separators=(',', ':')).encode()
     token = payload + _sign(payload)
     return base64.urlsafe_b64encode(token).decode('ascii').rstrip('=')
@@ -332,6 +336,8 @@ def make_cursor(after, filters):
 
 def read_cursor(cursor, filters):
     """The id the cursor continues after; 400 if it was altered or mismatched."""
+    import base64
+    import hmac
     bad = Problem(400, 'the cursor is not one this API issued for these filters; '
                   'start again without it', 'invalid-cursor',
                   errors=[{'field': 'cursor', 'message': 'altered, or made with other filters'}])

@@ -19,9 +19,8 @@ car it describes. The function API (`run_once`, `fingerprint`) knows nothing
 of HTTP: the queue consumer derives a key from the message and calls the same
 functions with its own namespace.
 """
-import hashlib
 import json
-import secrets
+import os
 import threading
 import time
 
@@ -76,6 +75,7 @@ def validate_key(value):
 def fingerprint(fields):
     """A stable digest of validated request fields (JSON or form: same fields, same digest)."""
     canonical = json.dumps(fields, sort_keys=True, separators=(',', ':'), ensure_ascii=False)
+    import hashlib  # only creates with a key need it (cold start)
     return hashlib.sha256(canonical.encode('utf-8')).hexdigest()
 
 
@@ -176,7 +176,7 @@ class SqliteKeys(object):
 
     def claim(self, key, fp):
         now = time.time()
-        token = secrets.token_hex(8)
+        token = os.urandom(8).hex()
         with self.store.transaction() as c:
             self._ensure(c)
             if now - self._swept > self.SWEEP_EVERY:
@@ -220,7 +220,7 @@ class DynamoDBKeys(object):
     def claim(self, key, fp):
         from botocore.exceptions import ClientError
         now = time.time()
-        token = secrets.token_hex(8)
+        token = os.urandom(8).hex()
         item = dict(self._key(key), fingerprint={'S': fp}, state={'S': IN_FLIGHT},
                     token={'S': token}, claimed_at={'N': repr(now)},
                     expires_at={'N': str(int(now + TTL_SECONDS))})

@@ -20,6 +20,12 @@ for _name, _value in (
     os.environ.setdefault(_name, _value)
 
 
+# Tests change settings between requests; the app must read them afresh.
+from chalicelib import config as _config  # noqa: E402
+
+_config.REMEMBER = False
+
+
 def _in_ci():
     return os.environ.get('CI', '').strip().lower() in ('1', 'true', 'yes')
 

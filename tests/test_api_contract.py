@@ -412,3 +412,9 @@ def test_location_and_link_keep_the_stage_prefix_of_the_gateway_domain(api, stor
     seed(store, 3)
     r = app(gateway_event('GET', '/api/v1/cars', query={'limit': '1'}), None)
     assert r['headers']['Link'].startswith('</api/api/v1/cars?limit=1&cursor=')
+
+
+@pytest.mark.parametrize('path', ['/', '/api/v1/health', '/api/v1/cars', '/api/v1/openapi.json',
+                                  '/api/v1/docs'])
+def test_a_get_carrying_a_content_type_header_is_still_answered(api, path):
+    assert api.http.get(path, headers={'Content-Type': 'text/plain'}).status_code == 200

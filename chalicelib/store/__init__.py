@@ -34,6 +34,7 @@ def _create(kind, where):
 
 def reset():
     """Forget the stores made so far (tests and the CLI switch configuration)."""
+    config.reload()
     with _lock:
         for store in _stores.values():
             store.close()

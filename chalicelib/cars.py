@@ -224,7 +224,15 @@ def validate_new(data, allow_id=True):
 
     Raises InvalidCar listing every bad field at once.
     """
-    allowed = (('id',) if allow_id else ()) + FIELDS
+    return _validate(data, (('id',) if allow_id else ()) + FIELDS, partial=False)
+
+
+def validate_patch(data):
+    """Validate a partial update: only the fields given; null clears an optional one."""
+    return _validate(data, FIELDS, partial=True)
+
+
+def _validate(data, allowed, partial):
     errors = _field_errors(data, allowed)
     if errors and not isinstance(data, dict):
         raise InvalidCar(errors)
@@ -232,30 +240,12 @@ def validate_new(data, allow_id=True):
     out = {}
     for name in allowed:
         if name not in data:
+            if partial:
+                continue
             if name in ('make', 'model', 'year'):
                 errors.append({'field': name, 'message': 'is required'})
             elif name in OPTIONAL_FIELDS:
                 out[name] = None
-            continue
-        value, problem = _check_field(name, data[name], types, messages)
-        if problem:
-            errors.append({'field': name, 'message': problem})
-        else:
-            out[name] = value
-    if errors:
-        raise InvalidCar(errors)
-    return out
-
-
-def validate_patch(data):
-    """Validate a partial update: only the fields given; null clears an optional one."""
-    errors = _field_errors(data, FIELDS)
-    if errors and not isinstance(data, dict):
-        raise InvalidCar(errors)
-    types, messages = _field_types()
-    out = {}
-    for name in FIELDS:
-        if name not in data:
             continue
         value, problem = _check_field(name, data[name], types, messages)
         if problem:

@@ -82,23 +82,30 @@ def create_car():
         raise http.Problem(e.status, str(e), e.slug, errors=[
             {'field': 'Idempotency-Key', 'message': str(e)}])
     fields = cars.validate_new(http.read_body(request))
+    car = {k: fields[k] for k in cars.FIELDS}
     if key is None:
-        return _create(fields)
-    # Responses under 500 are final and replayed; a failure frees the key for a retry.
+        return _created(get_store().create(car, fields.get('id')))
+    # The car and the key's outcome are one write; a refusal (409) is replayed
+    # too, and any other failure frees the key for a retry.
     try:
-        outcome, replayed = idempotency.run_once(
-            get_store(), key, idempotency.fingerprint(fields),
-            lambda: idempotency.outcome_of(http.handles_errors(_create)(fields)),
-            keep=lambda outcome: outcome['status'] < 500)
+        outcome, replayed = idempotency.create_once(
+            get_store(), key, idempotency.fingerprint(fields), car,
+            lambda record: idempotency.outcome_of(_created(record)),
+            car_id=fields.get('id'), error_outcome=_refusal)
     except idempotency.IdempotencyError as e:
         raise http.Problem(e.status, str(e), e.slug)
     return idempotency.response_of(outcome, replayed)
 
 
-def _create(fields):
-    record = get_store().create({k: fields[k] for k in cars.FIELDS}, fields.get('id'))
+def _created(record):
     location = http.url_path(app.current_request, '%s/%s' % (CARS, record['id']))
     return http.car_response(record, 201, {'Location': location})
+
+
+def _refusal(error):
+    if isinstance(error, cars.CarError):
+        return idempotency.outcome_of(http.from_domain_error(error))
+    return None
 
 
 @app.route(CARS, methods=['OPTIONS'], content_types=ANY_BODY)

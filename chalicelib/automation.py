@@ -224,13 +224,19 @@ def all_cars(store, page=1000):
 
 # --- bulk import ----------------------------------------------------------------------
 
+def _id_outcome(record):
+    """What a create under an idempotency key records (and a retry replays)."""
+    return {'id': record['id']}
+
+
 def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH):
     """Write validated rows; return (counts, row errors).
 
     Rows with an id are created or replaced with store.put_many, in batches.
     Rows without one are created with store.create (the store assigns the id),
-    each under an idempotency key made of `source` (the file's identity) and
-    the row's line, so running an interrupted import again creates no car twice.
+    each in one atomic write with an idempotency key made of `source` (the
+    file's identity) and the row's line, so running an interrupted import again
+    creates no car twice, wherever it was interrupted.
     """
     with_id = [fields for _, fields in valid if 'id' in fields]
     without = [(line, fields) for line, fields in valid if 'id' not in fields]
@@ -245,9 +251,9 @@ def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH):
     for line, fields in without:
         body = {k: fields[k] for k in cars.FIELDS}
         try:
-            outcome, replayed = idempotency.run_once(
-                store, '%s#%d' % (source, line), idempotency.fingerprint(body),
-                lambda body=body: {'id': store.create(body)['id']}, namespace='import')
+            outcome, replayed = idempotency.create_once(
+                store, '%s#%d' % (source, line), idempotency.fingerprint(body), body,
+                _id_outcome, namespace='import')
         except (cars.IdSpaceExhausted, idempotency.IdempotencyError) as e:
             errors.append({'line': line, 'field': 'id', 'message': str(e)})
         else:
@@ -349,16 +355,19 @@ def ingest_one(store, message_id, body):
     fields = _message_car(body)
     car = {k: fields[k] for k in cars.FIELDS}
     car_id = fields.get('id')
+    fp = idempotency.fingerprint(dict(car, id=car_id))
     if car_id is None:
-        def action():
-            return {'id': store.create(car)['id']}
+        # The car and the message's outcome are one write: no crash creates two.
+        outcome, replayed = idempotency.create_once(store, message_id, fp, car, _id_outcome,
+                                                    namespace='sqs')
     else:
+        # Create-or-replace is idempotent by itself: a redelivery after a crash
+        # between the write and its record writes the same car again.
         def action():
             store.replace(car_id, car)
             return {'id': car_id}
-    outcome, replayed = idempotency.run_once(
-        store, message_id, idempotency.fingerprint(dict(car, id=car_id)), action,
-        namespace='sqs')
+        outcome, replayed = idempotency.run_once(store, message_id, fp, action,
+                                                 namespace='sqs')
     if replayed:
         log.info('message %s was already written (car %s); skipped', message_id, outcome['id'])
     return outcome['id']

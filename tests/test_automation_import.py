@@ -168,11 +168,11 @@ def test_an_import_interrupted_half_way_and_run_again_loses_and_doubles_nothing(
     # Let the id-less rows start, then die again half way through them.
     monkeypatch.setattr(kind, 'put_many', real_put_many)
 
-    def dying_create(self, fields, car_id=None):
+    def dying_create(self, fields, car_id=None, also=None):
         calls['create'] += 1
         if calls['create'] == 31:
             raise Interrupted()
-        return real_create(self, fields, car_id)
+        return real_create(self, fields, car_id, also=also)
 
     monkeypatch.setattr(kind, 'create', dying_create)
     with pytest.raises(Interrupted):

@@ -1,12 +1,14 @@
 """Idempotency-Key on POST /api/v1/cars, on both stores (sqlite and DynamoDB Local)."""
 import concurrent.futures
 import json
+import random
 import threading
 
 import pytest
 import requests
 
-from chalicelib import cars, idempotency
+from chalicelib import automation, cars, http, idempotency
+from chalicelib.store.base import AlsoRefused
 from servers import LocalServer
 from stores import server_env
 
@@ -178,3 +180,128 @@ def test_16_concurrent_posts_with_one_key_create_exactly_one_car(store_kind, sto
     created = {r.json()['id'] for r in responses if r.status_code == 201}
     assert len(created) == 1
     assert count(store) == 1
+
+
+class Killed(BaseException):
+    """The process dying right after a write (not an Exception: no handler stops it)."""
+
+
+def _die_after_create(store, monkeypatch, cleanup):
+    """Make the next store.create commit, then kill the process; return the written records."""
+    written = []
+    real_create = store.create
+
+    def create_then_die(*args, **kwargs):
+        written.append(real_create(*args, **kwargs))
+        monkeypatch.setattr(store, 'create', real_create)
+        raise Killed()
+    monkeypatch.setattr(store, 'create', create_then_die)
+    if cleanup == 'skipped':  # kill -9: no except or finally block runs
+        monkeypatch.setattr(idempotency.keys_for(store), 'release', lambda *args: None)
+    return written
+
+
+def _later(monkeypatch):
+    real = idempotency.time.time
+    monkeypatch.setattr(idempotency.time, 'time',
+                        lambda: real() + idempotency.STALE_CLAIM_SECONDS + 5)
+
+
+@pytest.mark.parametrize('cleanup', ['skipped', 'runs'])
+def test_a_crash_right_after_the_car_is_written_still_replays_after_the_stale_limit(
+        api, store, monkeypatch, cleanup):
+    written = _die_after_create(store, monkeypatch, cleanup)
+    with pytest.raises(Killed):
+        post(api, key='crash')
+    assert count(store) == 1
+    _later(monkeypatch)
+    retry = post(api, key='crash')
+    assert retry.status_code == 201
+    assert retry.headers.get('Idempotent-Replayed') == 'true'
+    assert json.loads(retry.body) == cars.public(written[0])
+    assert retry.headers['ETag'] == http.etag(written[0])
+    assert retry.headers['Location'].endswith('/api/v1/cars/%s' % written[0]['id'])
+    assert count(store) == 1
+
+
+@pytest.mark.parametrize('cleanup', ['skipped', 'runs'])
+def test_a_queue_message_whose_consumer_died_after_the_write_creates_one_car(
+        store, monkeypatch, cleanup):
+    written = _die_after_create(store, monkeypatch, cleanup)
+    with pytest.raises(Killed):
+        automation.ingest_one(store, 'msg-crash', json.dumps(CAR))
+    _later(monkeypatch)
+    assert automation.ingest_one(store, 'msg-crash', json.dumps(CAR)) == written[0]['id']
+    assert count(store) == 1
+
+
+@pytest.mark.parametrize('taker', ['in flight', 'done'])
+def test_a_holder_whose_claim_was_taken_over_writes_no_car(store, monkeypatch, taker):
+    fp = 'f' * 64
+    keys = idempotency.keys_for(store)
+    real = idempotency.time.time
+    offset = [-idempotency.STALE_CLAIM_SECONDS - 5]  # our claim is made long ago
+    monkeypatch.setattr(idempotency.time, 'time', lambda: real() + offset[0])
+    real_create = store.create
+
+    def taken_over_then_create(*args, **kwargs):
+        # Our request stalled past the stale limit and another one took the key.
+        offset[0] = 0
+        token, _ = keys.claim('http#race', fp)
+        assert token
+        if taker == 'done':
+            keys.record('http#race', token, {'id': 'theirs'})
+        return real_create(*args, **kwargs)
+    monkeypatch.setattr(store, 'create', taken_over_then_create)
+    fields = {k: cars.validate_new(dict(CAR)).get(k) for k in cars.FIELDS}
+
+    def attempt():
+        return idempotency.create_once(store, 'race', fp, fields, lambda r: {'id': r['id']})
+    if taker == 'done':
+        assert attempt() == ({'id': 'theirs'}, True)
+    else:
+        with pytest.raises(idempotency.KeyInFlight):
+            attempt()
+    assert count(store) == 0
+
+
+def test_a_stale_claim_cannot_record_over_the_claim_that_replaced_it(store, monkeypatch):
+    fp = 'f' * 64
+    keys = idempotency.keys_for(store)
+    real = idempotency.time.time
+    monkeypatch.setattr(idempotency.time, 'time',
+                        lambda: real() - idempotency.STALE_CLAIM_SECONDS - 5)
+    old, _ = keys.claim('http#late', fp)
+    monkeypatch.setattr(idempotency.time, 'time', real)
+    new, _ = keys.claim('http#late', fp)
+    fields = {k: cars.validate_new(dict(CAR)).get(k) for k in cars.FIELDS}
+    with pytest.raises(AlsoRefused):
+        store.create(fields, also=keys.records('http#late', old, lambda r: {'id': r['id']}))
+    assert count(store) == 0
+    record = store.create(fields, also=keys.records('http#late', new, lambda r: {'id': r['id']}))
+    assert keys.current('http#late', fp) == {'id': record['id']}
+    assert count(store) == 1
+
+
+def test_a_keyed_create_on_dynamodb_is_a_claim_and_one_transaction(api, store, store_kind):
+    if store_kind != 'dynamodb':
+        pytest.skip('DynamoDB requests')
+    sent = []
+    store.client.meta.events.register('before-call.dynamodb.*',
+                                      lambda model, **kwargs: sent.append(model.name))
+    assert post(api, key='one-write').status_code == 201
+    assert sent == ['PutItem', 'TransactWriteItems']
+
+
+def test_a_keyed_create_whose_random_ids_are_taken_still_writes_one_car_and_its_key(
+        api, store, monkeypatch):
+    assert post(api, car=dict(CAR, id='1111')).status_code == 201
+    # Every random probe draws 1111, so the create falls back to the free ids.
+    monkeypatch.setattr(random, 'choice', lambda seq: seq[0])
+    first = post(api, key='collide')
+    assert first.status_code == 201
+    assert json.loads(first.body)['id'] != '1111'
+    again = post(api, key='collide')
+    assert again.headers.get('Idempotent-Replayed') == 'true'
+    assert again.body == first.body
+    assert count(store) == 2

@@ -7,6 +7,16 @@ write itself, atomically, never by a read before it.
 
 `expect` on writes: None (no precondition), '*' (the car must exist), or a
 tuple of revisions one of which must be current (If-Match).
+
+`also` on create: another write committed atomically with the new car, so
+that a caller (chalicelib/idempotency.py) can record what the create produced
+in the same write: both happen, or neither does. Its form depends on the store:
+sqlite calls `also(conn, record)` inside the car's transaction, after the
+insert; DynamoDB calls `also(record)` for a TransactWriteItems entry (e.g.
+{'Update': {...}} with a ConditionExpression) sent in one transaction with the
+car's Put. A refusal writes no car and raises AlsoRefused: the sqlite callable
+raises it (any exception rolls the car back), DynamoDB raises it when the
+entry's condition fails.
 """
 import time
 
@@ -26,6 +36,10 @@ def now_iso():
     return iso_utc(time.time())
 
 
+class AlsoRefused(Exception):
+    """The write given as `also=` was refused (its condition failed): no car was written."""
+
+
 class Store(object):
     kind = None
 
@@ -33,10 +47,13 @@ class Store(object):
         """The record, or None."""
         raise NotImplementedError
 
-    def create(self, fields, car_id=None):
+    def create(self, fields, car_id=None, also=None):
         """Insert a new car; assign a free id when `car_id` is None.
 
-        Raises CarExists, IdSpaceExhausted.
+        `also` (see above) is written in the same atomic write as the car; it is
+        called once per id tried, with that attempt's record. Without it a
+        create is one write as before (DynamoDB: one PutItem).
+        Raises CarExists, IdSpaceExhausted, AlsoRefused.
         """
         raise NotImplementedError
 

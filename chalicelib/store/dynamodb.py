@@ -10,14 +10,16 @@ partition keys in the same table, so a replay is as durable as the car.
 
 Every single-car operation is one request: writes carry their precondition as
 a ConditionExpression and ask for the item back (`ReturnValues`, and
-`ReturnValuesOnConditionCheckFailure` to tell "missing" from "stale").
+`ReturnValuesOnConditionCheckFailure` to tell "missing" from "stale"). A
+create that carries another write (`also=`, the idempotency key's outcome) is
+one TransactWriteItems instead of a PutItem, so the two commit together.
 """
 import random
 import threading
 import time
 
 from chalicelib import cars, config
-from chalicelib.store.base import Store, now_iso
+from chalicelib.store.base import AlsoRefused, Store, now_iso
 
 CAR_PK = 'CAR'
 _TEXT = cars.TEXT_FILTERS
@@ -57,6 +59,17 @@ def from_item(item):
             'version': int(item['version']['N']) if 'version' in item else 1,
             'rev': s('rev') or '', 'created_at': s('created_at'),
             'updated_at': s('updated_at')}
+
+
+def _cancellation_reasons(error):
+    """The codes of a TransactionCanceledException, one per item ('None' when it passed)."""
+    reasons = error.response.get('CancellationReasons')
+    if reasons:
+        return [r.get('Code') or 'None' for r in reasons]
+    # Some endpoints give the reasons only in the message: "... reasons [A, B]".
+    message = error.response.get('Error', {}).get('Message', '')
+    inside = message[message.rfind('[') + 1:message.rfind(']')] if '[' in message else ''
+    return [part.strip() for part in inside.split(',')]
 
 
 class DynamoDBStore(Store):
@@ -160,23 +173,37 @@ class DynamoDBStore(Store):
 
     # --- writes ---------------------------------------------------------------
 
-    def _put_new(self, car_id, fields):
+    def _put_new(self, car_id, fields, also=None):
+        """The new record, or None when the id is taken."""
         now = now_iso()
         record = dict(fields, id=car_id, version=1, rev=cars.new_revision(),
                       created_at=now, updated_at=now)
+        put = {'TableName': self.table, 'Item': to_item(record),
+               'ConditionExpression': 'attribute_not_exists(pk)'}
         from botocore.exceptions import ClientError
         try:
-            self.client.put_item(TableName=self.table, Item=to_item(record),
-                                 ConditionExpression='attribute_not_exists(pk)')
+            if also is None:
+                self.client.put_item(**put)
+            else:
+                self.client.transact_write_items(
+                    TransactItems=[{'Put': put}, also(record)])
         except ClientError as e:
             if self._failed_condition(e):
+                return None
+            if e.response.get('Error', {}).get('Code') != 'TransactionCanceledException':
+                raise
+            reasons = _cancellation_reasons(e)
+            # The other write's refusal decides first: with it, no id would do.
+            if 'ConditionalCheckFailed' in reasons[1:]:
+                raise AlsoRefused(str(e))
+            if reasons[:1] == ['ConditionalCheckFailed']:
                 return None
             raise
         return record
 
-    def create(self, fields, car_id=None):
+    def create(self, fields, car_id=None, also=None):
         if car_id is not None:
-            record = self._put_new(car_id, fields)
+            record = self._put_new(car_id, fields, also)
             if record is None:
                 raise cars.CarExists(car_id)
             return record
@@ -186,7 +213,7 @@ class DynamoDBStore(Store):
         # by the number of free ids, never an open-ended retry loop.
         for _ in range(3):
             candidate = ''.join(random.choice(cars.ID_DIGITS) for _ in range(4))
-            record = self._put_new(candidate, fields)
+            record = self._put_new(candidate, fields, also)
             if record is not None:
                 return record
         for _ in range(3):
@@ -196,7 +223,7 @@ class DynamoDBStore(Store):
             if not free:
                 break
             for candidate in free[:64]:
-                record = self._put_new(candidate, fields)
+                record = self._put_new(candidate, fields, also)
                 if record is not None:
                     return record
         raise cars.IdSpaceExhausted()

@@ -213,13 +213,16 @@ class SqliteStore(Store):
             raise cars.IdSpaceExhausted()
         return random.choice(free)
 
-    def create(self, fields, car_id=None):
+    def create(self, fields, car_id=None, also=None):
         with self.transaction() as c:
             if car_id is None:
                 car_id = self._free_id(c)
             elif c.execute('SELECT 1 FROM cars WHERE id = ?', (car_id,)).fetchone():
                 raise cars.CarExists(car_id)
-            return self._insert(c, car_id, fields)
+            record = self._insert(c, car_id, fields)
+            if also is not None:
+                also(c, record)
+            return record
 
     @staticmethod
     def _check(car_id, current, expect):

@@ -266,13 +266,21 @@ class DynamoDBStore(Store):
         expression = 'SET ' + ', '.join(sets)
         if removes:
             expression += ' REMOVE ' + ', '.join(removes)
+        return self._existing_car_write(
+            car_id, self.client.update_item,
+            TableName=self.table, Key=self._key(car_id), UpdateExpression=expression,
+            ConditionExpression=condition, ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values, ReturnValues='ALL_NEW')
+
+    def _existing_car_write(self, car_id, call, **kwargs):
+        """A write conditional on the car existing (and on its revision, for If-Match).
+
+        The item comes back with a failed condition, so one request tells a missing
+        car (404) from a stale version (412).
+        """
         from botocore.exceptions import ClientError
         try:
-            result = self.client.update_item(
-                TableName=self.table, Key=self._key(car_id), UpdateExpression=expression,
-                ConditionExpression=condition, ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values, ReturnValues='ALL_NEW',
-                ReturnValuesOnConditionCheckFailure='ALL_OLD')
+            result = call(ReturnValuesOnConditionCheckFailure='ALL_OLD', **kwargs)
         except ClientError as e:
             if not self._failed_condition(e):
                 raise
@@ -326,22 +334,12 @@ class DynamoDBStore(Store):
         names, values = {}, {}
         condition = self._condition(expect, values, names)
         kwargs = dict(TableName=self.table, Key=self._key(car_id),
-                      ConditionExpression=condition, ReturnValues='ALL_OLD',
-                      ReturnValuesOnConditionCheckFailure='ALL_OLD')
+                      ConditionExpression=condition, ReturnValues='ALL_OLD')
         if names:
             kwargs['ExpressionAttributeNames'] = names
         if values:
             kwargs['ExpressionAttributeValues'] = values
-        from botocore.exceptions import ClientError
-        try:
-            result = self.client.delete_item(**kwargs)
-        except ClientError as e:
-            if not self._failed_condition(e):
-                raise
-            if not e.response.get('Item'):
-                raise cars.CarNotFound(car_id)
-            raise cars.VersionMismatch(car_id)
-        return from_item(result['Attributes'])
+        return self._existing_car_write(car_id, self.client.delete_item, **kwargs)
 
     def put_many(self, items):
         """BatchWriteItem, 25 a request; unprocessed items retried with backoff.

@@ -18,11 +18,12 @@ def free_port():
 class LocalServer(object):
     """A server process on a free loopback port, stopped by PID.
 
-    `kind='dev'` (the default) runs the project's own dev server (`python -m
-    chalicelib.local_server`, what `make run` starts: Chalice's local server
-    classes with a listen backlog that survives 16 clients connecting at once);
-    `kind='chalice'` runs stock `chalice local`, whose backlog of 5 makes the
-    kernel reset connections under that load.
+    `kind='dev'` (the default) runs `make run`'s server (`python -m
+    chalicelib.local_server`: Chalice's LocalGateway under one event loop, one
+    request at a time); `kind='threaded'` runs it with `--threads` (Chalice's
+    own thread-per-connection server with a deep backlog), which the
+    concurrency tests use so that their requests reach the app at the same
+    time; `kind='chalice'` runs stock `chalice local`.
     """
 
     def __init__(self, env=None, kind='dev', cwd=ROOT, log_path=None):
@@ -36,9 +37,10 @@ class LocalServer(object):
         self.proc = None
 
     def command(self):
-        if self.kind == 'dev':
+        if self.kind in ('dev', 'threaded'):
             return [sys.executable, '-m', 'chalicelib.local_server',
-                    '--host', '127.0.0.1', '--port', str(self.port)]
+                    '--host', '127.0.0.1', '--port', str(self.port)] + (
+                        ['--threads'] if self.kind == 'threaded' else [])
         chalice = os.path.join(os.path.dirname(sys.executable), 'chalice')
         return [chalice, 'local', '--host', '127.0.0.1', '--port', str(self.port),
                 '--no-autoreload']

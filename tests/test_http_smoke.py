@@ -24,7 +24,9 @@ def server(request, store_kind, tmp_path):
 
 @pytest.fixture
 def dev_server(store_kind, tmp_path):
-    with LocalServer(env=server_env(), log_path=str(tmp_path / 'server.log')) as s:
+    """A thread per connection, so concurrent requests reach the app concurrently."""
+    with LocalServer(env=server_env(), kind='threaded',
+                     log_path=str(tmp_path / 'server.log')) as s:
         yield s
 
 

@@ -64,9 +64,10 @@ class SqliteStore(Store):
         self._schema_ready = False
         # Reads take turns. A read is ~10 µs, but sixteen threads reading at
         # once through their own connections contend inside sqlite and on the
-        # GIL it releases around each call: under `make run` with 16 keep-alive
-        # clients, taking turns raised GET throughput by half and cut p50
-        # latency by a third. In Lambda (one request at a time) it is free.
+        # GIL it releases around each call: on the thread-per-connection server
+        # with 16 keep-alive clients, taking turns raised GET throughput by half
+        # and cut p50 latency by a third. In Lambda and under make run's event
+        # loop (one request at a time) it is uncontended and free.
         self._read_lock = threading.Lock()
 
     # --- connections ----------------------------------------------------------

@@ -13,6 +13,8 @@ import os
 STORES = ('sqlite', 'dynamodb')
 REMEMBER = True
 _remembered = {}
+# Bumped by reload(), so values derived from settings elsewhere know to go stale.
+generation = 0
 
 
 def env(name, default=None):
@@ -28,7 +30,9 @@ def env(name, default=None):
 
 def reload():
     """Forget remembered values: the environment has changed."""
+    global generation
     _remembered.clear()
+    generation += 1
 
 
 class ConfigError(Exception):

@@ -9,11 +9,23 @@ from chalicelib import config
 
 _lock = threading.Lock()
 _stores = {}
+_configured = (None, None)  # (config.generation, the configured store)
 
 
 def get_store(kind=None):
     """The process-wide store for `kind` (default: the configured one)."""
-    kind = kind or config.store_kind()
+    global _configured
+    if kind is None and _configured[0] == config.generation:
+        return _configured[1]
+    store = _store(kind or config.store_kind())
+    if kind is None and config.REMEMBER:
+        # Remembered settings change only through config.reload(), which bumps
+        # the generation; until then the answer stays the same.
+        _configured = (config.generation, store)
+    return store
+
+
+def _store(kind):
     key = (kind, config.db_path() if kind == 'sqlite' else config.table_name())
     store = _stores.get(key)
     if store is None:

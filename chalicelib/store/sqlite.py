@@ -17,7 +17,9 @@ from chalicelib.store.base import Store, now_iso
 COLUMNS = ('id', 'make', 'model', 'year', 'trans', 'color',
            'make_key', 'model_key', 'trans_key', 'color_key',
            'version', 'rev', 'created_at', 'updated_at')
-_SELECT = 'SELECT %s FROM cars' % ', '.join(COLUMNS)
+# A record is what reads return: the stored columns less the search keys.
+RECORD = tuple(c for c in COLUMNS if not c.endswith('_key'))
+_SELECT = 'SELECT %s FROM cars' % ', '.join(RECORD)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cars (
@@ -51,7 +53,7 @@ def _keys(fields):
 
 
 def _record(row):
-    return dict(zip(COLUMNS, row))
+    return dict(zip(RECORD, row))
 
 
 class SqliteStore(Store):

@@ -236,8 +236,6 @@ def query_params(request):
             errors.append({'field': name, 'message': 'given more than once'})
         else:
             params[name] = values[0]
-    if not multi and request.query_params:
-        params = dict(request.query_params)
     if errors:
         raise Problem(400, 'invalid query parameters', 'invalid-query', errors=errors)
     return params

@@ -31,8 +31,9 @@ def new_dynamodb_table(endpoint, properties=None, stream=False):
     return client, name
 
 
-def _table_fixture(endpoint, monkeypatch, stream):
-    client, name = new_dynamodb_table(endpoint, stream=stream)
+def table_fixture(endpoint, monkeypatch, stream=False, properties=None):
+    """Yield a new table's name with the app's environment pointed at it; drop it after."""
+    client, name = new_dynamodb_table(endpoint, properties, stream=stream)
     monkeypatch.setenv('AWS_ENDPOINT_URL_DYNAMODB', endpoint)
     monkeypatch.setenv('CARS_TABLE', name)
     yield name
@@ -43,13 +44,13 @@ def _table_fixture(endpoint, monkeypatch, stream):
 @pytest.fixture
 def dynamodb_table(dynamodb_endpoint, monkeypatch):
     """A fresh table made from chalicelib/table.json; the env points the app at it."""
-    yield from _table_fixture(dynamodb_endpoint, monkeypatch, stream=False)
+    yield from table_fixture(dynamodb_endpoint, monkeypatch)
 
 
 @pytest.fixture
 def dynamodb_table_with_stream(dynamodb_endpoint, monkeypatch):
     """The same, with its stream on (new and old images), for the change-event tests."""
-    yield from _table_fixture(dynamodb_endpoint, monkeypatch, stream=True)
+    yield from table_fixture(dynamodb_endpoint, monkeypatch, stream=True)
 
 
 @pytest.fixture

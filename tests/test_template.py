@@ -18,7 +18,7 @@ import resources  # noqa: E402
 
 from chalicelib import store as store_module  # noqa: E402
 from chalicelib import table  # noqa: E402
-from stores import new_dynamodb_table  # noqa: E402
+from stores import table_fixture  # noqa: E402
 # Every contract test, collected again in this module with the fixtures below.
 from test_api_contract import *  # noqa: E402,F401,F403
 
@@ -30,12 +30,8 @@ def template_table_properties(stage='prod'):
 @pytest.fixture
 def dynamodb_table(dynamodb_endpoint, monkeypatch):
     """A table made from the prod template's CarsTable properties."""
-    client, name = new_dynamodb_table(dynamodb_endpoint, template_table_properties())
-    monkeypatch.setenv('AWS_ENDPOINT_URL_DYNAMODB', dynamodb_endpoint)
-    monkeypatch.setenv('CARS_TABLE', name)
-    yield name
-    store_module.reset()
-    client.delete_table(TableName=name)
+    yield from table_fixture(dynamodb_endpoint, monkeypatch,
+                             properties=template_table_properties())
 
 
 @pytest.fixture

@@ -3,7 +3,11 @@
 #   make test   install everything that is missing, then run the whole suite
 #   make clean  remove everything generated
 
-PYTHON ?= python3
+# The deployed runtime is python3.13, so the venv is built with it when it is
+# on the machine and the tests run on the interpreter Lambda runs. pyenv's
+# shim answers only for an enabled version, so pyenv's folders are tried too.
+PYTHON313 := $(firstword $(foreach p,python3.13 $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.13*/bin/python3.13),$(shell $(p) -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1 && echo $(p))))
+PYTHON ?= $(or $(PYTHON313),python3)
 VENV = .venv
 PORT ?= 8000
 PYTEST_ARGS ?= -q

@@ -134,7 +134,8 @@ def get_car(car_id):
 def update_car(car_id):
     request = app.current_request
     changes = cars.validate_patch(http.read_body(request))
-    record = get_store().update(car_id, changes, http.write_precondition(request))
+    record = get_store().update(car_id, changes, http.write_precondition(request),
+                                http.only_if_absent(request))
     return http.car_response(record)
 
 
@@ -164,7 +165,7 @@ def put_car(car_id):
 @http.handles_errors
 def delete_car(car_id):
     request = app.current_request
-    get_store().delete(car_id, http.write_precondition(request))
+    get_store().delete(car_id, http.write_precondition(request), http.only_if_absent(request))
     return Response(body='', status_code=204)
 
 

@@ -138,9 +138,20 @@ def tokens():
 
 
 def bearer(header):
-    """The token of an `Authorization: Bearer <token>` value, or None."""
+    """The token of an `Authorization: Bearer <token>` value, or None.
+
+    Raises AuthError(400) for a value that carries more than one credential.
+    """
     if not header:
         return None
+    if ',' in header:
+        # A bearer token has no commas (RFC 6750 b64token), and Authorization
+        # is no list field: a comma means the header came on several lines
+        # (joined by the server or read from multiValueHeaders) or holds
+        # several credentials. Guessing which one counts would let a proxy
+        # and this API disagree about who is asking; the value is never echoed.
+        raise AuthError(400, 'send exactly one "Authorization: Bearer <token>" header, '
+                        'holding one token', 'invalid-authorization')
     scheme, _, value = header.strip().partition(' ')
     value = value.strip()
     if scheme.lower() != 'bearer' or not value:
@@ -196,14 +207,17 @@ def middleware(event, get_response):
     path = (event.context or {}).get('resourcePath') or event.path or ''
     if not is_protected(event.method, path):
         return get_response(event)
-    authorizer = (event.context or {}).get('authorizer') or {}
-    if authorizer.get('principalId') == PRINCIPAL:
-        # API Gateway ran `authorize` for this request already.
-        return get_response(event)
+    from chalicelib.http import header_value, problem_response
+    authorization = header_value(event, 'authorization')
     try:
-        check(event.headers.get('authorization'))
+        authorizer = (event.context or {}).get('authorizer') or {}
+        if authorizer.get('principalId') == PRINCIPAL:
+            # API Gateway ran `authorize` for this request already, on one
+            # string it chose; every line the client sent is checked here.
+            bearer(authorization)
+        else:
+            check(authorization)
     except AuthError as e:
-        from chalicelib.http import problem_response
         return problem_response(e.status, e.detail, e.slug, headers=e.headers)
     return get_response(event)
 
@@ -211,13 +225,18 @@ def middleware(event, get_response):
 def authorize(auth_request):
     """The built-in authorizer's body: allow a valid token, turn away the rest.
 
-    API Gateway maps a raised "Unauthorized" to 401 and a deny to 403.
+    API Gateway maps a raised "Unauthorized" to 401 and a deny to 403; a TOKEN
+    authorizer has no way to answer 400. It gets the Authorization header as
+    one string: one holding several credentials (a comma) is turned away as
+    "Unauthorized", like any value that is not one bearer token. Which line
+    API Gateway hands it when the header is repeated is not documented, so
+    the middleware checks every line again behind the authorizer (400).
     """
     from chalice import AuthResponse
     try:
         check(auth_request.token)
     except AuthError as e:
-        if e.status == 401 and config.env('AWS_LAMBDA_FUNCTION_NAME'):
+        if e.status in (400, 401) and config.env('AWS_LAMBDA_FUNCTION_NAME'):
             raise Exception('Unauthorized')  # the exact text API Gateway maps to 401
         if e.status == 503:
             raise Exception('Unavailable')  # API Gateway: 500 AUTHORIZER_FAILURE, never open

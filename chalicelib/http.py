@@ -243,6 +243,25 @@ def query_params(request):
 
 # --- ETags and preconditions -------------------------------------------------------------
 
+def header_value(request, name):
+    """The whole value of header `name`, or None when it was not sent.
+
+    A field sent on several lines is one comma-joined list (RFC 9110 5.3).
+    API Gateway's REST proxy event keeps only the last line in `headers` and
+    every line in `multiValueHeaders` (names as the client spelled them), so
+    the lines are read from there when the event has them; servers that join
+    repeated lines themselves pass the joined value in `headers`.
+    """
+    multi = (request.to_original_event() or {}).get('multiValueHeaders')
+    if multi:
+        wanted = name.lower()
+        lines = [line for key, values in multi.items() if key.lower() == wanted
+                 for line in (values or ())]
+        if lines:
+            return ', '.join(lines)
+    return request.headers.get(name)
+
+
 def etag(record):
     return '"%d-%s"' % (record['version'], record['rev'])
 
@@ -261,6 +280,14 @@ def _tags(header):
     return out
 
 
+def _has_star(tags):
+    # `*` joined with tags (the field sent on several lines) is not the
+    # grammar's `"*" / #entity-tag`; read as the list it is, any member
+    # matching makes the condition hold, and `*` matches every current
+    # representation: the list means what `*` alone means.
+    return any(tag == '*' and not weak for weak, tag in tags)
+
+
 def _rev_of(opaque):
     if len(opaque) >= 2 and opaque[0] == '"' and opaque[-1] == '"' and '-' in opaque:
         return opaque[1:-1].rsplit('-', 1)[1]
@@ -269,36 +296,39 @@ def _rev_of(opaque):
 
 def write_precondition(request):
     """The store's `expect` from If-Match: None, '*', or a tuple of revisions."""
-    header = request.headers.get('if-match')
+    header = header_value(request, 'if-match')
     if header is None:
         return None
-    if header.strip() == '*':
+    tags = _tags(header)
+    if _has_star(tags):
         return '*'
     # If-Match uses the strong comparison: weak tags never match.
-    revs = tuple(r for weak, tag in _tags(header) if not weak
+    revs = tuple(r for weak, tag in tags if not weak
                  for r in [_rev_of(tag)] if r)
     return revs or ('\x00no-match',)
 
 
 def only_if_absent(request):
-    """True for `If-None-Match: *` on PUT (create, never replace)."""
-    header = request.headers.get('if-none-match')
+    """True for `If-None-Match: *` on a write: write only where no car exists.
+
+    PUT then creates and never replaces; PATCH, POST and DELETE, which need a
+    car, can never pass it (412 on a car, 404 where there is none).
+    """
+    header = header_value(request, 'if-none-match')
     if header is None:
         return False
-    if header.strip() == '*':
+    if _has_star(_tags(header)):
         return True
     raise Problem(400, 'on writes If-None-Match may only be "*"', 'invalid-precondition')
 
 
 def not_modified(request, record):
     """True when If-None-Match matches the car's current tag (weak comparison)."""
-    header = request.headers.get('if-none-match')
+    header = header_value(request, 'if-none-match')
     if header is None:
         return False
-    if header.strip() == '*':
-        return True
     current = etag(record)
-    return any(tag == current for _, tag in _tags(header))
+    return any(tag == '*' or tag == current for _, tag in _tags(header))
 
 
 def car_response(record, status=200, headers=None):
@@ -309,15 +339,21 @@ def car_response(record, status=200, headers=None):
 
 # --- cursors ------------------------------------------------------------------------
 
-# Cursors are integrity-checked, not secret: a changed byte or other filters
-# fail the check and get a 400 instead of a silently wrong page.
+# A cursor is the page's last id and a digest of its filters, with a check
+# value that catches accidents: a truncated or altered cursor, or one used
+# with other filters, gets a 400 instead of a silently wrong page. The key is
+# public (it is in this file), so the check proves nothing about who made a
+# cursor, and needs not: a hand-made cursor can only choose where a listing
+# starts, within the same filters, and shows nothing the client could not
+# list anyway. A per-deployment secret would buy nothing but a setting to keep.
 _CURSOR_KEY = b'cars-api-cursor-v1'
+_CHECK_SIZE = 12
 
 
-def _sign(payload):
+def _check_value(payload):
     import hashlib
     import hmac
-    return hmac.new(_CURSOR_KEY, payload, hashlib.sha256).digest()[:12]
+    return hmac.new(_CURSOR_KEY, payload, hashlib.sha256).digest()[:_CHECK_SIZE]
 
 
 def _filters_digest(filters):
@@ -328,7 +364,7 @@ def _filters_digest(filters):
 def make_cursor(after, filters):
     import base64
     payload = json.dumps([after, _filters_digest(filters)], separators=(',', ':')).encode()
-    token = payload + _sign(payload)
+    token = payload + _check_value(payload)
     return base64.urlsafe_b64encode(token).decode('ascii').rstrip('=')
 
 
@@ -343,12 +379,14 @@ def read_cursor(cursor, filters):
         raw = base64.urlsafe_b64decode(cursor + '=' * (-len(cursor) % 4))
     except (ValueError, TypeError):
         raise bad
-    payload, sig = raw[:-12], raw[-12:]
-    if len(raw) <= 12 or not hmac.compare_digest(sig, _sign(payload)):
+    payload, check = raw[:-_CHECK_SIZE], raw[-_CHECK_SIZE:]
+    if len(raw) <= _CHECK_SIZE or not hmac.compare_digest(check, _check_value(payload)):
         raise bad
     try:
+        # The key is public: a payload that passes the check may still be any
+        # JSON, nested past the parser's recursion limit or of any shape.
         after, digest = json.loads(payload)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise bad
     if digest != _filters_digest(filters) or not cars.is_route_id(after):
         raise bad

@@ -6,7 +6,8 @@ import logging
 import pytest
 import requests
 
-from chalicelib import auth
+from chalicelib import auth, cars
+from gateway_events import invoke, rest_event
 from servers import LocalServer
 from stores import server_env
 
@@ -68,12 +69,87 @@ def test_an_authorization_header_without_bearer_credentials_is_401(api, monkeypa
     problem(send(api, 'POST', '/api/v1/cars', authorization=authorization, body=CAR), 401)
 
 
-@pytest.mark.parametrize('token', ['wrong', 'alpha-toke', 'alpha-token,beta-token',
-                                   'ALPHA-TOKEN', '\u00e9'])
+@pytest.mark.parametrize('token', ['wrong', 'alpha-toke', 'ALPHA-TOKEN', '\u00e9',
+                                   'alpha-token beta-token'])
 def test_a_wrong_token_is_403_and_changes_nothing(api, store, monkeypatch, token):
     monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
     problem(send(api, 'POST', '/api/v1/cars', token=token, body=CAR), 403)
     assert store.count() == 0
+
+
+# Two credentials: the header sent twice (as the dev server and chalice local
+# join repeated lines), or two tokens in one line. A bearer token has no commas.
+@pytest.mark.parametrize('authorization', ['Bearer alpha-token, Bearer beta-token',
+                                           'Bearer alpha-token,beta-token',
+                                           'Bearer wrong, Bearer alpha-token',
+                                           'Bearer alpha-token,'])
+@pytest.mark.parametrize('method, path', [('POST', '/api/v1/cars'),
+                                          ('DELETE', '/api/v1/cars/{id}')])
+def test_more_than_one_credential_is_400_changes_nothing_and_echoes_no_token(
+        api, store, car_id, monkeypatch, authorization, method, path):
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    before = store.list(cars.Filters(), None, 100)
+    r = send(api, method, path.format(id=car_id), authorization=authorization, body=CAR)
+    out = problem(r, 400)
+    assert out['type'].endswith('#problem-invalid-authorization')
+    assert 'WWW-Authenticate' not in r.headers
+    assert b'alpha' not in r.body and b'beta' not in r.body and b'wrong' not in r.body
+    assert store.list(cars.Filters(), None, 100) == before
+
+
+@pytest.mark.parametrize('lines', [['Bearer alpha-token', 'Bearer beta-token'],
+                                   ['Bearer wrong', 'Bearer alpha-token'],
+                                   ['Bearer alpha-token', 'Bearer alpha-token']])
+def test_authorization_sent_on_two_lines_in_a_lambda_event_is_400(store, car_id, monkeypatch,
+                                                                  lines):
+    # API Gateway keeps only the last line in `headers`: a valid token there
+    # must not hide the other line, which only `multiValueHeaders` shows.
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    before = store.get(car_id)
+    status, headers, out, text = invoke(rest_event(
+        'PATCH', '/api/v1/cars/{car_id}', car_id=car_id, body={'color': 'red'},
+        headers=[('Content-Type', 'application/json')]
+        + [('Authorization', line) for line in lines]))
+    assert status == 400 and out['type'].endswith('#problem-invalid-authorization')
+    assert headers['Content-Type'].startswith('application/problem+json')
+    assert not any(secret in text for secret in ('alpha', 'beta', 'wrong'))
+    assert store.get(car_id) == before
+
+
+def test_one_authorization_line_in_a_lambda_event_is_checked_as_before(store, monkeypatch):
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    base = [('Content-Type', 'application/json')]
+    status, _, _, _ = invoke(rest_event('POST', '/api/v1/cars', body=CAR, headers=base + [
+        ('Authorization', 'Bearer beta-token')]))
+    assert status == 201
+    status, _, _, _ = invoke(rest_event('POST', '/api/v1/cars', body=CAR, headers=base + [
+        ('authorization', 'Bearer nope')]))
+    assert status == 403
+    assert store.count() == 1
+
+
+def test_behind_the_authorizer_a_repeated_authorization_header_is_still_400(store, car_id,
+                                                                            monkeypatch):
+    # The gateway ran the authorizer on one string of its choosing and said
+    # yes; the function still sees every line and refuses the request.
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    before = store.get(car_id)
+    status, _, out, _ = invoke(rest_event(
+        'DELETE', '/api/v1/cars/{car_id}', car_id=car_id,
+        authorizer={'principalId': auth.PRINCIPAL},
+        headers=[('Authorization', 'Bearer wrong'), ('Authorization', 'Bearer alpha-token')]))
+    assert status == 400 and out['type'].endswith('#problem-invalid-authorization')
+    assert store.get(car_id) == before
+    status, _, _, _ = invoke(rest_event(
+        'DELETE', '/api/v1/cars/{car_id}', car_id=car_id,
+        authorizer={'principalId': auth.PRINCIPAL},
+        headers=[('Authorization', 'Bearer alpha-token')]))
+    assert status == 204
+
+
+def test_with_open_writes_the_authorization_header_is_not_read(api, monkeypatch):
+    r = send(api, 'POST', '/api/v1/cars', authorization='Bearer a, Bearer b', body=CAR)
+    assert r.status_code == 201
 
 
 def test_every_configured_token_is_accepted(api, monkeypatch):
@@ -165,6 +241,22 @@ def test_the_authorizer_allows_good_tokens_and_denies_the_rest(monkeypatch):
     monkeypatch.setenv('AWS_LAMBDA_FUNCTION_NAME', 'cars-dev-token_authorizer')
     with pytest.raises(Exception, match='^Unauthorized$'):
         auth.authorize(AuthRequest('TOKEN', 'Basic x', arn))
+
+
+def test_the_authorizer_turns_away_a_token_string_with_two_credentials(monkeypatch):
+    # A TOKEN authorizer cannot answer 400: it allows, denies (403) or raises
+    # "Unauthorized" (401). Two credentials in its one string are never allowed.
+    from chalice.app import AuthRequest
+    monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
+    arn = 'arn:aws:execute-api:us-east-1:123456789012:abc/api/POST/api/v1/cars'
+    for token in ('Bearer alpha-token, Bearer beta-token', 'Bearer alpha-token,alpha-token'):
+        request = AuthRequest('TOKEN', token, arn)
+        result = auth.authorize(request).to_dict(request)
+        assert result['principalId'] != auth.PRINCIPAL
+        assert result['policyDocument']['Statement'][0]['Resource'] == []
+    monkeypatch.setenv('AWS_LAMBDA_FUNCTION_NAME', 'cars-dev-token_authorizer')
+    with pytest.raises(Exception, match='^Unauthorized$'):
+        auth.authorize(AuthRequest('TOKEN', 'Bearer alpha-token, Bearer beta-token', arn))
 
 
 @pytest.fixture

@@ -126,3 +126,138 @@ def test_dynamodb_checks_the_version_in_the_write_itself(store, store_kind):
         store.client.meta.events.unregister('provide-client-params.dynamodb.*', spy)
     assert [name for name, _ in seen] == ['UpdateItem', 'UpdateItem']
     assert all('#rev IN' in params['ConditionExpression'] for _, params in seen)
+
+
+# --- If-None-Match: * on writes that need a car ------------------------------------
+
+@pytest.mark.parametrize('method, body', [('PATCH', {'color': 'red'}), ('POST', {'color': 'red'}),
+                                          ('DELETE', None)])
+def test_if_none_match_star_on_an_existing_car_is_412_and_changes_nothing(api, store, car,
+                                                                         method, body):
+    path, tag = car
+    before = store.get(path[-4:])
+    for headers in ({'If-None-Match': '*'}, {'If-None-Match': '*', 'If-Match': tag}):
+        r = call(api, method, path, headers, body)
+        assert r.status_code == 412, r.body
+        assert r.headers['Content-Type'].startswith('application/problem+json')
+        assert json.loads(r.body)['type'].endswith('#problem-version-mismatch')
+    assert store.get(path[-4:]) == before
+
+
+@pytest.mark.parametrize('method, body', [('PATCH', {'color': 'red'}), ('POST', {'color': 'red'}),
+                                          ('DELETE', None)])
+def test_if_none_match_star_on_a_missing_car_stays_404(api, store, method, body):
+    r = call(api, method, '/api/v1/cars/5555', {'If-None-Match': '*'}, body)
+    assert r.status_code == 404
+    assert store.get('5555') is None
+
+
+@pytest.mark.parametrize('method, body', [('PATCH', {'color': 'red'}), ('POST', {'color': 'red'}),
+                                          ('DELETE', None)])
+def test_if_none_match_with_tags_on_writes_is_400(api, store, car, method, body):
+    path, tag = car
+    before = store.get(path[-4:])
+    r = call(api, method, path, {'If-None-Match': '"1-x"'}, body)
+    assert r.status_code == 400
+    assert json.loads(r.body)['type'].endswith('#problem-invalid-precondition')
+    assert store.get(path[-4:]) == before
+
+
+@pytest.mark.parametrize('operation', ['update', 'delete'])
+def test_the_stores_refuse_only_if_absent_writes_in_the_write_itself(store, store_kind,
+                                                                     operation):
+    record = store.get(store.create(dict(CAR, trans=None))['id'])
+    seen = []
+    if store_kind == 'dynamodb':
+        def spy(params, model, **kwargs):
+            seen.append((model.name, params.get('ConditionExpression')))
+        store.client.meta.events.register('provide-client-params.dynamodb.*', spy)
+    try:
+        args = (record['id'], {'color': 'red'}) if operation == 'update' else (record['id'],)
+        with pytest.raises(cars.VersionMismatch):
+            getattr(store, operation)(*args, only_if_absent=True)
+        missing = ('5555', {'color': 'red'}) if operation == 'update' else ('5555',)
+        with pytest.raises(cars.CarNotFound):
+            getattr(store, operation)(*missing, only_if_absent=True)
+    finally:
+        if store_kind == 'dynamodb':
+            store.client.meta.events.unregister('provide-client-params.dynamodb.*', spy)
+    assert store.get(record['id']) == record
+    assert store.get('5555') is None
+    if store_kind == 'dynamodb':
+        # One conditional write each, no read first: the condition decides.
+        name = 'UpdateItem' if operation == 'update' else 'DeleteItem'
+        assert [n for n, _ in seen] == [name, name]
+        assert all('attribute_not_exists(pk)' in cond for _, cond in seen)
+
+
+# --- a conditional header sent on several lines is one list ---------------------------
+
+def test_a_list_with_a_star_means_star(api, store, car):
+    # `*` matches any current representation, so a list holding it holds
+    # whenever the car exists, whatever stale tags sit beside it.
+    path, tag = car
+    r = call(api, 'PATCH', path, {'If-Match': '*, "1-stale"'}, {'color': 'red'})
+    assert r.status_code == 200
+    r = call(api, 'PATCH', path, {'If-Match': '"1-stale", *'}, {'color': 'blue'})
+    assert r.status_code == 200
+    assert call(api, 'PATCH', '/api/v1/cars/5555', {'If-Match': '"1-x", *'},
+                {'color': 'red'}).status_code == 404
+    before = store.get(path[-4:])
+    r = call(api, 'DELETE', path, {'If-None-Match': '"1-x", *'})
+    assert r.status_code == 412
+    assert store.get(path[-4:]) == before
+    assert call(api, 'GET', path, {'If-None-Match': '"1-x", *'}).status_code == 304
+
+
+def lines(**named):
+    """(name, value) header lines from keyword lists, e.g. If_Match=['*', '"1-x"']."""
+    out = [('Content-Type', 'application/json')]
+    for name, values in named.items():
+        out.extend((name.replace('_', '-'), value) for value in values)
+    return out
+
+
+def test_if_match_on_two_lines_in_a_lambda_event_is_one_list(store, car):
+    from gateway_events import invoke, rest_event
+    path, tag = car
+    car_id = path[-4:]
+    # The current tag is on the first line; `headers` holds only the stale last one.
+    status, headers, out, _ = invoke(rest_event(
+        'PATCH', '/api/v1/cars/{car_id}', car_id=car_id, body={'color': 'red'},
+        headers=lines(If_Match=[tag, '"1-stale"'])))
+    assert status == 200 and out['color'] == 'red'
+    new_tag = headers['ETag']
+    # Neither line is current: 412, nothing written.
+    before = store.get(car_id)
+    status, _, _, _ = invoke(rest_event(
+        'DELETE', '/api/v1/cars/{car_id}', car_id=car_id,
+        headers=lines(If_Match=['"1-stale"', tag])))
+    assert status == 412 and store.get(car_id) == before
+    # Names keep the client's spelling; lines of one name in any case are one list.
+    status, _, _, _ = invoke(rest_event(
+        'DELETE', '/api/v1/cars/{car_id}', car_id=car_id,
+        headers=[('IF-MATCH', new_tag), ('if-match', '"1-stale"')]))
+    assert status == 204 and store.get(car_id) is None
+
+
+def test_if_none_match_on_two_lines_in_a_lambda_event_is_one_list(store, car):
+    from gateway_events import invoke, rest_event
+    path, tag = car
+    car_id = path[-4:]
+    status, headers, _, _ = invoke(rest_event(
+        'GET', '/api/v1/cars/{car_id}', car_id=car_id,
+        headers=lines(If_None_Match=[tag, '"0-other"'])))
+    assert status == 304 and headers['ETag'] == tag
+    # `*` on the first line, a tag on the last (all `headers` shows): the list holds
+    # `*`, so the write is refused as If-None-Match: * is, not as a bad header.
+    before = store.get(car_id)
+    status, _, out, _ = invoke(rest_event(
+        'PATCH', '/api/v1/cars/{car_id}', car_id=car_id, body={'color': 'red'},
+        headers=lines(If_None_Match=['*', '"1-x"'])))
+    assert status == 412 and out['type'].endswith('#problem-version-mismatch')
+    status, _, _, _ = invoke(rest_event(
+        'PUT', '/api/v1/cars/{car_id}', car_id=car_id, body=CAR,
+        headers=lines(If_None_Match=['*', '"1-x"'])))
+    assert status == 412
+    assert store.get(car_id) == before

@@ -7,6 +7,10 @@ write itself, atomically, never by a read before it.
 
 `expect` on writes: None (no precondition), '*' (the car must exist), or a
 tuple of revisions one of which must be current (If-Match).
+`only_if_absent` on writes (If-None-Match: *): write only where no car
+exists. A replace then creates and never replaces; an update or a delete,
+which need a car, never write: VersionMismatch on a car, CarNotFound where
+there is none. The write's own check decides, like `expect`'s.
 
 `also` on create: another write committed atomically with the new car, so
 that a caller (chalicelib/idempotency.py) can record what the create produced
@@ -19,6 +23,9 @@ raises it (any exception rolls the car back), DynamoDB raises it when the
 entry's condition fails.
 """
 import time
+
+# The 412 detail when `only_if_absent` finds a car.
+ABSENT_ONLY = 'car %s exists, and If-None-Match: * allows the write only where none does'
 
 
 def iso_utc(seconds):
@@ -57,7 +64,7 @@ class Store(object):
         """
         raise NotImplementedError
 
-    def update(self, car_id, changes, expect=None):
+    def update(self, car_id, changes, expect=None, only_if_absent=False):
         """Apply `changes` (None clears a field). Raises CarNotFound, VersionMismatch."""
         raise NotImplementedError
 
@@ -65,7 +72,7 @@ class Store(object):
         """Create or replace; return (record, created). Raises VersionMismatch."""
         raise NotImplementedError
 
-    def delete(self, car_id, expect=None):
+    def delete(self, car_id, expect=None, only_if_absent=False):
         """Delete; return the old record. Raises CarNotFound, VersionMismatch."""
         raise NotImplementedError
 

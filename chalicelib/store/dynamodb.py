@@ -19,7 +19,7 @@ import threading
 import time
 
 from chalicelib import cars, config
-from chalicelib.store.base import AlsoRefused, Store, now_iso
+from chalicelib.store.base import ABSENT_ONLY, AlsoRefused, Store, now_iso
 
 CAR_PK = 'CAR'
 _TEXT = cars.TEXT_FILTERS
@@ -228,7 +228,12 @@ class DynamoDBStore(Store):
                     return record
         raise cars.IdSpaceExhausted()
 
-    def _condition(self, expect, values, names):
+    def _condition(self, expect, values, names, only_if_absent=False):
+        if only_if_absent:
+            # If-None-Match: * on a write that needs a car: it can never hold.
+            # It is still the write's own condition, so the failure's item
+            # tells a car (412) from none (404) in the same request.
+            return 'attribute_exists(pk) AND attribute_not_exists(pk)'
         if expect is None:
             return 'attribute_exists(pk)'
         if expect == '*':
@@ -256,23 +261,23 @@ class DynamoDBStore(Store):
                     values[':%s_key' % name] = _s(cars.search_key(value))
                     sets.append('#%s_key = :%s_key' % (name, name))
 
-    def update(self, car_id, changes, expect=None):
+    def update(self, car_id, changes, expect=None, only_if_absent=False):
         names = {'#version': 'version', '#rev': 'rev', '#updated_at': 'updated_at'}
         values = {':one': _n(1), ':newrev': _s(cars.new_revision()), ':now': _s(now_iso())}
         sets = ['#version = #version + :one', '#rev = :newrev', '#updated_at = :now']
         removes = []
         self._set_fields(changes, names, values, sets, removes)
-        condition = self._condition(expect, values, names)
+        condition = self._condition(expect, values, names, only_if_absent)
         expression = 'SET ' + ', '.join(sets)
         if removes:
             expression += ' REMOVE ' + ', '.join(removes)
         return self._existing_car_write(
-            car_id, self.client.update_item,
+            car_id, only_if_absent, self.client.update_item,
             TableName=self.table, Key=self._key(car_id), UpdateExpression=expression,
             ConditionExpression=condition, ExpressionAttributeNames=names,
             ExpressionAttributeValues=values, ReturnValues='ALL_NEW')
 
-    def _existing_car_write(self, car_id, call, **kwargs):
+    def _existing_car_write(self, car_id, only_if_absent, call, **kwargs):
         """A write conditional on the car existing (and on its revision, for If-Match).
 
         The item comes back with a failed condition, so one request tells a missing
@@ -286,7 +291,7 @@ class DynamoDBStore(Store):
                 raise
             if not e.response.get('Item'):
                 raise cars.CarNotFound(car_id)
-            raise cars.VersionMismatch(car_id)
+            raise cars.VersionMismatch(car_id, ABSENT_ONLY % car_id if only_if_absent else None)
         return from_item(result['Attributes'])
 
     def replace(self, car_id, fields, expect=None, only_if_absent=False):
@@ -330,16 +335,17 @@ class DynamoDBStore(Store):
         record = from_item(result['Attributes'])
         return record, record['version'] == 1
 
-    def delete(self, car_id, expect=None):
+    def delete(self, car_id, expect=None, only_if_absent=False):
         names, values = {}, {}
-        condition = self._condition(expect, values, names)
+        condition = self._condition(expect, values, names, only_if_absent)
         kwargs = dict(TableName=self.table, Key=self._key(car_id),
                       ConditionExpression=condition, ReturnValues='ALL_OLD')
         if names:
             kwargs['ExpressionAttributeNames'] = names
         if values:
             kwargs['ExpressionAttributeValues'] = values
-        return self._existing_car_write(car_id, self.client.delete_item, **kwargs)
+        return self._existing_car_write(car_id, only_if_absent, self.client.delete_item,
+                                        **kwargs)
 
     def put_many(self, items):
         """BatchWriteItem, 25 a request; unprocessed items retried with backoff.

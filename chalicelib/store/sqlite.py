@@ -12,7 +12,7 @@ import sqlite3
 import threading
 
 from chalicelib import cars, events
-from chalicelib.store.base import Store, now_iso
+from chalicelib.store.base import ABSENT_ONLY, Store, now_iso
 
 COLUMNS = ('id', 'make', 'model', 'year', 'trans', 'color',
            'make_key', 'model_key', 'trans_key', 'color_key',
@@ -228,7 +228,9 @@ class SqliteStore(Store):
             return record
 
     @staticmethod
-    def _check(car_id, current, expect):
+    def _check(car_id, current, expect, only_if_absent=False):
+        if only_if_absent and current is not None:
+            raise cars.VersionMismatch(car_id, ABSENT_ONLY % car_id)
         if expect is None:
             return
         if current is None:
@@ -238,12 +240,12 @@ class SqliteStore(Store):
         if expect != '*' and current['rev'] not in expect:
             raise cars.VersionMismatch(car_id)
 
-    def update(self, car_id, changes, expect=None):
+    def update(self, car_id, changes, expect=None, only_if_absent=False):
         with self.transaction() as c:
             current = self.get(car_id, c)
             if current is None:
                 raise cars.CarNotFound(car_id)
-            self._check(car_id, current, expect)
+            self._check(car_id, current, expect, only_if_absent)
             fields = {name: current[name] for name in cars.FIELDS}
             fields.update(changes)
             return self._insert(c, car_id, fields, current['version'] + 1,
@@ -262,12 +264,12 @@ class SqliteStore(Store):
             return self._insert(c, car_id, fields, current['version'] + 1,
                                 current['created_at'], current), False
 
-    def delete(self, car_id, expect=None):
+    def delete(self, car_id, expect=None, only_if_absent=False):
         with self.transaction() as c:
             current = self.get(car_id, c)
             if current is None:
                 raise cars.CarNotFound(car_id)
-            self._check(car_id, current, expect)
+            self._check(car_id, current, expect, only_if_absent)
             c.execute('DELETE FROM cars WHERE id = ?', (car_id,))
             events.outbox_insert(c, current, None)
             return current

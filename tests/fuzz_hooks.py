@@ -5,7 +5,7 @@ for, which no schema can describe; the hooks keep generated values from
 posing as valid ones there. Only schema-valid values are touched, so a case
 that breaks the schema still breaks it in the same way.
 
-- `cursor`: a signed token, valid only as the `next` of a page listed with the
+- `cursor`: an opaque token, valid only as the `next` of a page listed with the
   same filters. Random ones are dropped (the contract tests cover cursors).
 - `Idempotency-Key`: the client's promise that one key means one request.
   Generated keys repeat across different bodies, which the API rightly

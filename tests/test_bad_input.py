@@ -5,12 +5,14 @@ HTTP (chalice local). The store is compared whole, versions and revisions
 included, so even a write that "changed nothing visible" is caught.
 """
 import base64
+import hashlib
+import hmac
 import json
 
 import pytest
 import requests
 
-from chalicelib import cars
+from chalicelib import cars, http
 from servers import LocalServer
 from stores import server_env
 
@@ -29,6 +31,16 @@ def j(value):
 
 def nested(depth):
     return ('{"make":' * depth + '1' + '}' * depth).encode()
+
+
+def checked_cursor(payload):
+    """A cursor around any payload, with the check value the API computes.
+
+    The key is public, so anyone can make one: the API must still answer
+    with a 400 for any payload that is not one it would issue.
+    """
+    check = hmac.new(http._CURSOR_KEY, payload, hashlib.sha256).digest()[:12]
+    return base64.urlsafe_b64encode(payload + check).decode().rstrip('=')
 
 
 # (name, method, path, headers, body)
@@ -108,6 +120,13 @@ CORPUS = [
     ('year filter words', 'GET', CARS + '?year=abc', {}, None),
     ('unknown filter', 'GET', CARS + '?price=3', {}, None),
     ('repeated filter', 'GET', CARS + '?make=a&make=b', {}, None),
+    ('cursor nested deeply', 'GET', CARS + '?cursor=' + checked_cursor(
+        b'[' * 20000 + b']' * 20000), {}, None),
+    ('cursor checked object', 'GET', CARS + '?cursor=' + checked_cursor(b'{"a":1,"b":2}'), {},
+     None),
+    ('cursor checked null', 'GET', CARS + '?cursor=' + checked_cursor(b'null'), {}, None),
+    ('cursor checked bad id', 'GET', CARS + '?cursor=' + checked_cursor(
+        b'[["2345"],"' + b'0' * 16 + b'"]'), {}, None),
     # bad ids, every method
     ('letters id get', 'GET', '/api/v1/cars/71ag', {}, None),
     ('five digit id patch', 'PATCH', '/api/v1/cars/12345', {}, j({'color': 'red'})),
@@ -125,6 +144,14 @@ CORPUS = [
     ('if-match unicode', 'PATCH', ONE, {'If-Match': '"1-\u00e9\u00e9"'}, j({'color': 'red'})),
     ('if-none-match tag on put', 'PUT', ONE, {'If-None-Match': '"1-abc"'}, j(CAR)),
     ('if-none-match star on existing', 'PUT', ONE, {'If-None-Match': '*'}, j(CAR)),
+    ('if-none-match star patch', 'PATCH', ONE, {'If-None-Match': '*'}, j({'color': 'red'})),
+    ('if-none-match star post', 'POST', ONE, {'If-None-Match': '*'}, j({'color': 'red'})),
+    ('if-none-match star delete', 'DELETE', ONE, {'If-None-Match': '*'}, None),
+    ('if-none-match star in a list', 'PATCH', ONE, {'If-None-Match': '"1-x", *'},
+     j({'color': 'red'})),
+    ('if-none-match tag on delete', 'DELETE', ONE, {'If-None-Match': '"1-abc"'}, None),
+    ('if-none-match star on missing', 'DELETE', '/api/v1/cars/9876', {'If-None-Match': '*'},
+     None),
     # bad idempotency keys
     ('empty idempotency key', 'POST', CARS, {'Idempotency-Key': ''}, j(CAR)),
     ('long idempotency key', 'POST', CARS, {'Idempotency-Key': 'k' * 256}, j(CAR)),
@@ -140,11 +167,19 @@ AUTH_CORPUS = [
     ('empty bearer', 'DELETE', ONE, {'Authorization': 'Bearer '}, None),
     ('token prefix', 'PUT', ONE, {'Authorization': 'Bearer corpus'}, j(CAR)),
     ('token with nul', 'POST', CARS, {'Authorization': 'Bearer corpus-token\x00'}, j(CAR)),
+    # more than one credential: 400, even when one of them is valid
+    ('two bearer tokens', 'POST', CARS, {'Authorization': 'Bearer corpus-token, Bearer guess'},
+     j(CAR)),
+    ('comma in token', 'PATCH', ONE, {'Authorization': 'Bearer corpus-token,corpus-token'},
+     j({'color': 'x'})),
+    ('two lines joined', 'DELETE', ONE, {'Authorization': 'Bearer guess, Bearer corpus-token'},
+     None),
 ]
 
 HTTP_SUBSET = ('truncated json', 'invalid utf-8', 'raw nul bytes', '1 MiB body', 'text/plain',
                'deep arrays', 'letters id get', 'nul id', 'cursor garbage', 'if-match garbage',
-               'long idempotency key', 'form garbage', '10k make', 'sql in id')
+               'long idempotency key', 'form garbage', '10k make', 'sql in id',
+               'if-none-match star delete', 'cursor checked null')
 
 
 def snapshot(store):
@@ -189,7 +224,8 @@ def test_bad_tokens_are_a_4xx_problem_and_change_nothing(api, seeded, monkeypatc
     monkeypatch.setenv('CARS_AUTH_TOKENS', TOKENS)
     before = snapshot(seeded)
     r = through_client(api, method, path, headers, body)
-    assert r.status_code in (401, 403)
+    assert r.status_code in (400, 401, 403)
+    assert b'corpus-token' not in r.body
     assert_problem(r.status_code, r.headers.get('Content-Type', ''), r.body, name)
     assert snapshot(seeded) == before
 
@@ -219,3 +255,17 @@ def test_bad_input_over_real_http(store_kind, seeded):
             r = s.request(method, server.url + path, headers=h, data=body, timeout=30)
             assert_problem(r.status_code, r.headers.get('Content-Type', ''), r.content, name)
     assert snapshot(seeded) == before
+
+
+def test_a_hand_made_cursor_only_chooses_where_the_listing_starts(api, seeded):
+    # What the public key allows: a cursor made by hand for the same filters
+    # lists from where it says, as the `next` of a real page would.
+    for car_id in ('1111', '3456', '5678'):
+        seeded.create(dict(CAR, trans=None, color=None), car_id)
+    digest = http._filters_digest(cars.Filters())
+    cursor = checked_cursor(json.dumps(['2345', digest], separators=(',', ':')).encode())
+    r = api.http.get(CARS + '?cursor=' + cursor)
+    assert r.status_code == 200
+    assert [c['id'] for c in json.loads(r.body)['cars']] == ['3456', '5678']
+    # With other filters it is refused like any other mismatched cursor.
+    assert api.http.get(CARS + '?make=honda&cursor=' + cursor).status_code == 400

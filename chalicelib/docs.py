@@ -37,12 +37,12 @@ _CODE = re.compile(r'`([^`]+)`')
 def page():
     """The page as a str, built once per document."""
     doc = openapi.document()
-    key = id(doc)
-    text = _cache.get(key)
-    if text is None:
-        _cache.clear()
-        text = _cache[key] = render(doc)
-    return text
+    # Compared by identity while the cache holds the document: an id() alone
+    # could be reused by the next document once the settings change.
+    cached = _cache.get('page')
+    if cached is None or cached[0] is not doc:
+        cached = _cache['page'] = (doc, render(doc))
+    return cached[1]
 
 
 def _md(text):

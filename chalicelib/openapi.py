@@ -2,12 +2,15 @@
 
 The JSON Schemas of bodies and query parameters come from the same msgspec
 types that validate requests (`cars._field_types`, `cars.list_param_types`),
-so the document cannot say something the server does not do. The document is
-built on first request and cached: other routes never pay for it.
+so the document cannot say something the server does not do. Which requests
+need a bearer token comes from the running server's own settings
+(`auth.enabled()`, `auth.reads_protected()`), so the document tells a client
+what this server asks of it. The document is built on first request and
+cached per year and per those settings: other routes never pay for it.
 """
 import json
 
-from chalicelib import cars, http
+from chalicelib import auth, cars, http
 
 TITLE = 'Car inventory API'
 VERSION = '1.0.0'
@@ -27,7 +30,11 @@ PROBLEM_TYPES = [
      'The `cursor` was altered, or is used with other filters than the page it came from. '
      'Start the listing again without it.'),
     ('invalid-precondition', 400,
-     'On writes `If-None-Match` may only be `*` (create, never replace).'),
+     'On writes `If-None-Match` may only be `*` (write only where no car exists).'),
+    ('invalid-authorization', 400,
+     'The request carries more than one `Authorization` header, or more than one '
+     'credential in it (a bearer token has no commas). Send exactly one '
+     '`Authorization: Bearer <token>`; nothing was changed.'),
     ('invalid-idempotency-key', 400,
      'The `Idempotency-Key` header must be 1-255 printable ASCII characters.'),
     ('unauthorized', 401,
@@ -65,18 +72,28 @@ PROBLEM_TYPES = [
 _cache = {}
 
 
+def _settings():
+    """What the document depends on besides the code: the year, and who needs a token.
+
+    Read through chalicelib.config, so a settings reload (or the test suite's
+    REMEMBER = False) gives the next request the document of the new settings.
+    """
+    writes = auth.enabled()
+    return cars.year_max(), writes, writes and auth.reads_protected()
+
+
 def document():
-    """The OpenAPI document as a dict (built once per calendar year: `year` moves)."""
-    key = cars.year_max()
+    """The OpenAPI document as a dict, built once per year and protection settings."""
+    key = _settings()
     doc = _cache.get(key)
     if doc is None:
         _cache.clear()
-        doc = _cache[key] = _build()
+        doc = _cache[key] = _build(*key[1:])
     return doc
 
 
 def document_json():
-    key = ('json', cars.year_max())
+    key = ('json',) + _settings()
     text = _cache.get(key)
     if text is None:
         text = json.dumps(document(), separators=(',', ':'), ensure_ascii=False)
@@ -238,14 +255,15 @@ def _problem(status, description):
 def _problems(*statuses):
     texts = {
         400: 'Malformed syntax: bad JSON or form, a bad or repeated query parameter, an '
-             'altered cursor, a bad `Idempotency-Key`, or `If-None-Match` other than `*` '
-             'on a write',
+             'altered cursor, a bad `Idempotency-Key`, `If-None-Match` other than `*` '
+             'on a write, or more than one `Authorization` credential',
         401: 'Protection is on and no bearer token was sent',
         403: 'The bearer token is not accepted',
         404: 'No car with this id (or the id is not exactly 4 digits)',
         409: 'Conflict: the id exists, no id is free, or an identical `Idempotency-Key` '
              'request is still in flight',
-        412: '`If-Match` did not match the car\'s current `ETag`; nothing was written',
+        412: '`If-Match` did not match the car\'s current `ETag`, or `If-None-Match: *` '
+             'found a car; nothing was written',
         413: 'The body is over 64 KiB',
         415: 'Not JSON, not a form, or not UTF-8',
         422: 'Well-formed input that breaks the rules; `errors` lists every bad field',
@@ -295,7 +313,8 @@ CAR_ID_PUT = dict(CAR_ID, schema={'type': 'string', 'pattern': cars.ID_PATTERN},
 IF_MATCH = {
     'name': 'If-Match', 'in': 'header', 'required': False,
     'description': 'Write only if the car\'s current `ETag` is one of these (or `*`: if it '
-                   'exists); otherwise 412 and nothing changes',
+                   'exists); otherwise 412 and nothing changes. Sent on several lines, it '
+                   'is one list; a list holding `*` means `*`.',
     'schema': {'type': 'string'},
 }
 IF_NONE_MATCH_READ = {
@@ -306,6 +325,12 @@ IF_NONE_MATCH_READ = {
 IF_NONE_MATCH_PUT = {
     'name': 'If-None-Match', 'in': 'header', 'required': False,
     'description': '`*`: create only, never replace (412 if the car exists)',
+    'schema': {'const': '*'},
+}
+IF_NONE_MATCH_WRITE = {
+    'name': 'If-None-Match', 'in': 'header', 'required': False,
+    'description': '`*`: write only where no car exists, which this method, needing a car, '
+                   'never does: 412 if the car exists, 404 if not; nothing changes',
     'schema': {'const': '*'},
 }
 IDEMPOTENCY_KEY = {
@@ -343,10 +368,11 @@ def _preflight(name, *statuses):
                 'headers': {'Allow': ALLOW}}}, **_problems(*statuses)), tags=['service'])
 
 
-def _build():
-    write_problems = (401, 403)
-    # Reads answer 401/403 only where the stage sets CARS_AUTH_PROTECT_READS.
-    read_problems = (401, 403)
+def _build(writes_protected, reads_protected):
+    write_problems = (401, 403) if writes_protected else ()
+    read_problems = (401, 403) if reads_protected else ()
+    write_security = WRITE if writes_protected else None
+    read_security = WRITE if reads_protected else None
     hi = cars.year_max()
     paths = {
         '/': {'get': _op(
@@ -374,7 +400,8 @@ def _build():
                             'Follow `next` (or the `Link` header) until it is null to see '
                             'every matching car exactly once, in `id` order. '
                             'Unknown query parameters are an error (400).',
-                parameters=_list_parameters()),
+                parameters=_list_parameters(),
+                security=read_security),
             'post': _op(
                 'createCar', 'Add a car', dict({
                     '201': _car_response('Created (or its replay)', 'Location',
@@ -384,7 +411,7 @@ def _build():
                             'has one. Creating with an `id` that exists is a 409.',
                 parameters=[IDEMPOTENCY_KEY],
                 body=_body('CarNew', 'The new car, as JSON or as a form'),
-                security=WRITE),
+                security=write_security),
             'options': _preflight('carsPreflight'),
         },
         CAR: {
@@ -395,23 +422,24 @@ def _build():
                     '304': {'description': 'Not modified: `If-None-Match` matched',
                             'headers': {'ETag': ETAG}}},
                     **_problems(*read_problems, 404, 503)),
-                parameters=[IF_NONE_MATCH_READ]),
+                parameters=[IF_NONE_MATCH_READ],
+                security=read_security),
             'post': _op(
                 'updateCarPost', 'Partially update a car (the seed\'s update)', dict({
                     '200': _car_response('The updated car')},
                     **_problems(400, *write_problems, 404, 412, 413, 415, 422, 503)),
                 description='The same as PATCH.',
-                parameters=[IF_MATCH],
+                parameters=[IF_MATCH, IF_NONE_MATCH_WRITE],
                 body=_body('CarPatch', 'The fields to change'),
-                security=WRITE),
+                security=write_security),
             'patch': _op(
                 'updateCar', 'Partially update a car', dict({
                     '200': _car_response('The updated car')},
                     **_problems(400, *write_problems, 404, 412, 413, 415, 422, 503)),
                 description='Only the fields given change; `null` clears `trans` or `color`.',
-                parameters=[IF_MATCH],
+                parameters=[IF_MATCH, IF_NONE_MATCH_WRITE],
                 body=_body('CarPatch', 'The fields to change'),
-                security=WRITE),
+                security=write_security),
             'put': _op(
                 'putCar', 'Create or replace the car with this id', dict({
                     '200': _car_response('Replaced'),
@@ -422,13 +450,13 @@ def _build():
                             'replaced). Absent optional fields become null.',
                 parameters=[CAR_ID_PUT, IF_MATCH, IF_NONE_MATCH_PUT],
                 body=_body('CarReplace', 'The whole car'),
-                security=WRITE),
+                security=write_security),
             'delete': _op(
                 'deleteCar', 'Delete a car', dict({
                     '204': {'description': 'Deleted'}},
-                    **_problems(*write_problems, 404, 412, 503)),
-                parameters=[IF_MATCH],
-                security=WRITE),
+                    **_problems(400, *write_problems, 404, 412, 503)),
+                parameters=[IF_MATCH, IF_NONE_MATCH_WRITE],
+                security=write_security),
             'options': _preflight('carPreflight', 404),
         },
         '/api/v1/openapi.json': {'get': _op(
@@ -442,6 +470,13 @@ def _build():
                         'content': {'text/html': {'schema': {'type': 'string'}}}}},
             tags=['service'])},
     }
+    components = {'schemas': _schemas()}
+    if writes_protected:
+        components['securitySchemes'] = {
+            'bearer': {'type': 'http', 'scheme': 'bearer',
+                       'description': 'One of the tokens this server accepts '
+                                      '(`CARS_AUTH_TOKENS`, or the stage\'s SSM parameter); '
+                                      'exactly one `Authorization` header'}}
     return {
         'openapi': '3.1.0',
         'info': {
@@ -451,21 +486,26 @@ def _build():
                 'A car inventory. Every route answers with and without a trailing `/`. '
                 'Bodies are `application/json` or `application/x-www-form-urlencoded`, '
                 'at most 64 KiB; every error is an `application/problem+json` problem '
-                '(RFC 9457). `year` is %d to next year (%d now). Writes are protected by '
-                'bearer tokens where the deployment sets `CARS_AUTH_TOKENS`; '
-                'unset, `chalice local` is open.' % (cars.YEAR_MIN, hi)),
+                '(RFC 9457). `year` is %d to next year (%d now). %s'
+                % (cars.YEAR_MIN, hi, _protection_text(writes_protected, reads_protected))),
         },
         'tags': [{'name': 'cars', 'description': 'The inventory'},
                  {'name': 'service', 'description': 'Health and documentation'}],
         'paths': paths,
-        'components': {
-            'schemas': _schemas(),
-            'securitySchemes': {
-                'bearer': {'type': 'http', 'scheme': 'bearer',
-                           'description': 'One of the tokens in `CARS_AUTH_TOKENS`'}},
-        },
+        'components': components,
         'x-problem-types': [
             {'slug': slug, 'type': '%s#problem-%s' % (DOCS_PATH, slug), 'status': status,
              'description': text}
             for slug, status, text in PROBLEM_TYPES],
     }
+
+
+def _protection_text(writes_protected, reads_protected):
+    if not writes_protected:
+        return ('This server has no write protection configured: writes need no token. '
+                '(Where a deployment sets `CARS_AUTH_TOKENS` or its SSM parameter, writes '
+                'need `Authorization: Bearer <token>`, and its document says so.)')
+    if reads_protected:
+        return ('Every request to `/api/v1/cars...` on this server needs '
+                '`Authorization: Bearer <token>`.')
+    return 'Writes on this server need `Authorization: Bearer <token>`; reads are open.'

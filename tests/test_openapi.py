@@ -15,15 +15,29 @@ from chalicelib import cars, openapi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ('get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace')
+AUTH_SETTINGS = ('CARS_AUTH_TOKENS', 'CARS_AUTH_SSM_PARAMETER', 'CARS_AUTH_PROTECT_READS',
+                 'CARS_AUTH_DISABLED', 'AWS_LAMBDA_FUNCTION_NAME')
+
+
+def fetch(**settings):
+    """The document as a server with these auth settings (and no others) serves it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in AUTH_SETTINGS:
+            mp.delenv(name, raising=False)
+        for name, value in settings.items():
+            mp.setenv(name, value)
+        with Client(app_module.app) as client:
+            response = client.http.get('/api/v1/openapi.json')
+            page = client.http.get('/api/v1/docs')
+    assert response.status_code == 200 and page.status_code == 200
+    assert response.headers['Content-Type'].startswith('application/json')
+    return json.loads(response.body), page.body.decode('utf-8')
 
 
 @pytest.fixture(scope='module')
 def served():
-    with Client(app_module.app) as client:
-        response = client.http.get('/api/v1/openapi.json')
-    assert response.status_code == 200
-    assert response.headers['Content-Type'].startswith('application/json')
-    return json.loads(response.body)
+    """The document of a server with write protection on (reads open)."""
+    return fetch(CARS_AUTH_TOKENS='doc-token')[0]
 
 
 def operations(doc):
@@ -88,6 +102,70 @@ def test_every_error_response_is_a_problem_and_writes_need_a_bearer_token(served
             assert {'401', '403'} <= set(op['responses']), (path, method)
         else:
             assert 'security' not in op, (path, method)
+            assert not {'401', '403'} & set(op['responses']), (path, method)
+
+
+def demands(doc):
+    """{(path, method): needs a token?} and whether any 401/403 is documented, per operation."""
+    out = {}
+    for path, method in operations(doc):
+        op = doc['paths'][path][method]
+        out[path, method] = ('security' in op, bool({'401', '403'} & set(op['responses'])))
+    return out
+
+
+@pytest.mark.parametrize('settings', [{}, {'CARS_AUTH_DISABLED': 'true',
+                                           'AWS_LAMBDA_FUNCTION_NAME': 'cars-dev'},
+                                      {'CARS_AUTH_PROTECT_READS': 'true'}])
+def test_with_open_writes_the_document_demands_no_token(settings):
+    doc, page = fetch(**settings)
+    validate(doc)
+    assert set(demands(doc).values()) == {(False, False)}
+    assert 'securitySchemes' not in doc['components']
+    assert 'writes need no token' in doc['info']['description']
+    assert 'bearer token</span>' not in page
+
+
+@pytest.mark.parametrize('settings', [{'CARS_AUTH_TOKENS': 'a,b'},
+                                      {'CARS_AUTH_SSM_PARAMETER': '/cars/test/auth-tokens'},
+                                      {'AWS_LAMBDA_FUNCTION_NAME': 'cars-dev'}])
+def test_where_a_token_is_configured_writes_demand_it_and_reads_do_not(settings):
+    doc, page = fetch(**settings)
+    validate(doc)
+    for (path, method), demand in demands(doc).items():
+        write = path.startswith('/api/v1/cars') and method in ('post', 'put', 'patch', 'delete')
+        assert demand == (write, write), (path, method)
+    assert 'bearer token</span>' in page
+
+
+def test_a_stage_that_protects_reads_says_so_for_the_car_reads_only():
+    doc, _ = fetch(CARS_AUTH_TOKENS='a', CARS_AUTH_PROTECT_READS='true')
+    validate(doc)
+    for (path, method), demand in demands(doc).items():
+        protected = path.startswith('/api/v1/cars') and method != 'options'
+        assert demand == (protected, protected), (path, method)
+    assert 'Every request to `/api/v1/cars...`' in doc['info']['description']
+
+
+def test_the_document_follows_a_settings_reload_when_settings_are_remembered(monkeypatch):
+    # As in Lambda and the local servers: settings are read once, until reload().
+    from chalicelib import config
+    for name in AUTH_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(config, 'REMEMBER', True)
+    config.reload()
+    try:
+        open_doc = openapi.document()
+        assert 'security' not in open_doc['paths']['/api/v1/cars']['post']
+        monkeypatch.setenv('CARS_AUTH_TOKENS', 'a')
+        assert openapi.document() is open_doc  # remembered: no reload, no change
+        config.reload()
+        assert openapi.document()['paths']['/api/v1/cars']['post']['security'] == [
+            {'bearer': []}]
+        assert '"security"' in openapi.document_json()
+    finally:
+        monkeypatch.setattr(config, 'REMEMBER', False)
+        config.reload()
 
 
 def test_write_headers_are_documented(served):
@@ -95,7 +173,9 @@ def test_write_headers_are_documented(served):
     create = served['paths']['/api/v1/cars']['post']
     assert 'ETag' in car['get']['responses']['200']['headers']
     assert '304' in car['get']['responses']
-    assert {'If-Match'} <= {p['name'] for p in car['patch']['parameters']}
+    for method in ('post', 'patch', 'delete'):
+        assert {'If-Match', 'If-None-Match'} <= {p['name'] for p in car[method]['parameters']}
+        assert {'400', '404', '412'} <= set(car[method]['responses'])
     assert {'If-Match', 'If-None-Match'} <= {p['name'] for p in car['put']['parameters']}
     assert 'If-None-Match' in {p['name'] for p in car['get']['parameters']}
     assert 'Idempotency-Key' in {p['name'] for p in create['parameters']}

@@ -1,11 +1,14 @@
 """The merge template for `chalice package`: every AWS resource the app needs
 besides its functions and REST API, per stage.
 
-Chalice writes the functions, their event sources and the REST API; this
-module adds the table, queues, bucket, topic, logging and gateway responses,
-and points Chalice's placeholders (queue name, stream ARN, bucket name in the
-EventBridge pattern) at them. `chalice package --merge-template` deep-merges
-this over its own template by logical id.
+Chalice writes the functions, their roles, event sources and the REST API;
+this module adds the table, queues and dead-letter queues, bucket, topic, log
+groups and gateway responses, points Chalice's placeholders (queue name, stream
+ARN, bucket name in the EventBridge pattern) at them, gives every event source
+somewhere for failures to go, and gives each role its own policy
+(deploy/policies.py). `chalice package --merge-template` deep-merges this over
+its own template by logical id (lists are replaced whole). `build()` returns the
+whole merge template; add to it there.
 
 The table's properties come from chalicelib/table.json, the file `cli init`
 and the tests create the table from, so the deployed table cannot drift from
@@ -182,9 +185,9 @@ def cors_conditions():
     chalicelib/cors.py echoes the caller's origin when it is one of the
     allowed ones. A gateway response cannot: its headers are fixed when the
     stage is deployed. So with one origin (or `*`) the gateway's errors carry
-    it, as the app's answers would; with several they carry none, because
-    any one of them (or `*`) would let an origin the stage does not list read
-    the answer. Browsers at such a stage see the gateway's own errors (unknown
+    it, as the app's answers would; with several they carry none: one fixed
+    origin would be right for only one of them, and `*` would admit origins the
+    stage does not list. Browsers at such a stage see the gateway's own errors (unknown
     path, refused token, throttling) as network errors; the app's are unchanged.
     """
     origins = {'Ref': 'CorsOrigins'}

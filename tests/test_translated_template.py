@@ -333,6 +333,16 @@ def test_every_function_runs_python313_on_arm64(stacks):
             assert function['Properties']['Architectures'] == ['arm64'], (stage, name)
 
 
+def test_the_code_package_holds_arm64_python313_binaries_only(stacks):
+    import zipfile
+    for stage in STAGES:
+        with zipfile.ZipFile(stacks[stage]['sam'].parent / 'deployment.zip') as z:
+            binaries = [n for n in z.namelist() if n.endswith('.so')]
+        assert binaries, 'msgspec ships a compiled extension'
+        for name in binaries:
+            assert 'cpython-313-aarch64-linux-gnu' in name, (stage, name)
+
+
 def test_cfn_lint_finds_nothing_in_either_form_of_either_stage(stacks):
     files = [str(stacks[s][form]) for s in STAGES for form in ('sam', 'cfn')]
     lint = os.path.join(os.path.dirname(sys.executable), 'cfn-lint')

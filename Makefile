@@ -53,8 +53,9 @@ clean:
 # ---------------------------------------------------------------------------
 
 # --- deployment (deploy/, .chalice/) -----------------------------------------
-# `make package STAGE=prod` writes out/sam.json and out/deployment.zip. Packaging
-# talks to no AWS service; the region only fills in Chalice's template.
+# `make package STAGE=prod` writes out/sam.json and out/deployment.zip (python3.13
+# on arm64: wheels for it come from PyPI). Packaging talks to no AWS service;
+# the region only fills in Chalice's template.
 OUT ?= out
 export AWS_DEFAULT_REGION ?= us-east-1
 
@@ -62,12 +63,16 @@ export AWS_DEFAULT_REGION ?= us-east-1
 package: $(VENV)/.installed
 	$(VENV)/bin/python deploy/package.py --stage $(STAGE) $(OUT)
 
-# Both stages packaged and checked by cfn-lint (zero errors and warnings).
+# Both stages packaged, the SAM transform applied as CloudFormation applies it
+# (deploy/translate.py, offline), and both forms checked by cfn-lint (zero
+# errors and warnings). Packaging refuses any Python but 3.13 (the runtime).
 .PHONY: lint
 lint: $(VENV)/.installed
 	$(MAKE) --no-print-directory package STAGE=dev OUT=out/dev
 	$(MAKE) --no-print-directory package STAGE=prod OUT=out/prod
-	$(VENV)/bin/cfn-lint out/dev/sam.json out/prod/sam.json
+	$(VENV)/bin/python deploy/translate.py out/dev/sam.json out/dev/cfn.json
+	$(VENV)/bin/python deploy/translate.py out/prod/sam.json out/prod/cfn.json
+	$(VENV)/bin/cfn-lint out/dev/sam.json out/prod/sam.json out/dev/cfn.json out/prod/cfn.json
 
 # Needs AWS credentials and the AWS CLI (not part of the Lambda package), and
 # an S3 bucket for the code: make deploy STAGE=prod ARTIFACT_BUCKET=my-bucket

@@ -1,20 +1,31 @@
-"""Check that each stage's IAM policy allows every AWS call the app's code made.
+"""Check each function's IAM policy against the AWS calls its code made, both ways.
 
     python deploy/check_policy.py out/aws-calls.jsonl
 
 The test suite records the calls (tests/conftest.py, when CARS_RECORD_AWS_CALLS
-names a file): one JSON object a line, {"service", "operation", "key"?, "actions"?}.
-Chalice's own policy generator misses calls; this does not guess, it looks at
-what the code really did. Exit status 1 lists the calls a policy does not allow.
+names a file): one JSON object a line, {"service", "operation", "function",
+"key"?, "actions"?}, where "function" is the logical id of the deployed
+function whose handler made the call (null when a test called chalicelib
+directly). For every stage and function, the policy from deploy/policies.py must
+
+- allow every call that function made (and the calls the platform makes with
+  its role: logs, tracing, its event source mapping, its failure destination);
+- allow nothing else: no action and no object prefix that no such call needs.
+
+Calls made with no function named must be allowed by some function's policy.
+Exit status 1 lists what is missing or extra.
 """
 import argparse
-import glob
 import json
 import os
 import re
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import policies  # noqa: E402 - deploy/ is not a package
 
 # Operations whose IAM action has another name than the operation.
 ACTIONS = {
@@ -32,16 +43,46 @@ ACTIONS = {
     ('sqs', 'ChangeMessageVisibilityBatch'): ['sqs:ChangeMessageVisibility'],
     ('dynamodb', 'TransactGetItems'): ['dynamodb:GetItem'],
 }
+# KMS actions the stack's encryption adds to a call: the change topic uses the
+# SNS key, the token parameter is a SecureString.
+KMS = {
+    ('sns', 'Publish'): ['kms:Decrypt', 'kms:GenerateDataKey'],
+    ('sns', 'PublishBatch'): ['kms:Decrypt', 'kms:GenerateDataKey'],
+    ('ssm', 'GetParameter'): ['kms:Decrypt'],
+}
+
+# What the platform does with a function's role, which no test can record:
+# every function writes logs and (active tracing) trace segments; Lambda's
+# event source mappings poll the queue and read the stream; failures go to
+# the stream's OnFailure queue and the rule-invoked functions' dead-letter queue.
+PLATFORM = ['logs:CreateLogStream', 'logs:PutLogEvents',
+            'xray:PutTelemetryRecords', 'xray:PutTraceSegments']
+PLATFORM_BY_FUNCTION = {
+    policies.INGEST_QUEUE: ['sqs:DeleteMessage', 'sqs:GetQueueAttributes',
+                            'sqs:ReceiveMessage'],
+    policies.PUBLISH_CHANGES: ['dynamodb:DescribeStream', 'dynamodb:GetRecords',
+                               'dynamodb:GetShardIterator', 'dynamodb:ListStreams',
+                               'sqs:SendMessage'],
+    policies.IMPORT_UPLOAD: ['sqs:SendMessage'],
+    policies.SCHEDULED_EXPORT: ['sqs:SendMessage'],
+}
+
 # Object keys in a bucket policy resource: "${CarsBucket.Arn}/imports/*".
-OBJECT_RESOURCE = re.compile(r'^\$\{\w+\.Arn\}/(.*)$')
+OBJECT_RESOURCE = re.compile(r'^\$\{%s\.Arn\}/(.*)$' % policies.BUCKET)
 
 
 def iam_actions(call):
     """The IAM actions one recorded call needs."""
-    if call.get('actions'):  # TransactWriteItems: recorded per item kind
-        return call['actions']
     key = (call['service'], call['operation'])
-    return ACTIONS.get(key, ['%s:%s' % key])
+    if call.get('actions'):  # TransactWriteItems: recorded per item kind
+        actions = list(call['actions'])
+    else:
+        actions = list(ACTIONS.get(key, ['%s:%s' % key]))
+    return actions + KMS.get(key, [])
+
+
+def platform_actions(function):
+    return sorted(PLATFORM + PLATFORM_BY_FUNCTION.get(function, []))
 
 
 def _as_list(value):
@@ -49,7 +90,7 @@ def _as_list(value):
 
 
 def allowed(policy):
-    """{action: [object key patterns or None for "not an object resource"]}."""
+    """{action: [object key patterns, or None for "not an object resource"]}."""
     out = {}
     for statement in policy['Statement']:
         if statement.get('Effect') != 'Allow':
@@ -85,6 +126,50 @@ def problems(calls, policy):
     return sorted(set(out))
 
 
+def extras(calls, policy, platform=()):
+    """What `policy` allows that neither `calls` nor `platform` (actions) need."""
+    needed = set(platform)
+    keys = {}
+    for call in calls:
+        for action in iam_actions(call):
+            needed.add(action)
+            if call.get('key') is not None:
+                keys.setdefault(action, []).append(call['key'])
+    out = []
+    for action, patterns in allowed(policy).items():
+        if action not in needed:
+            out.append(action)
+            continue
+        for pattern in patterns:
+            if pattern is not None and not any(_key_matches(pattern, k)
+                                               for k in keys.get(action, [])):
+                out.append('%s on %r' % (action, pattern))
+    return sorted(set(out))
+
+
+def check(calls, stage):
+    """Sentences: what a `stage` policy lacks or has too much of, per function."""
+    documents = policies.build(stage)
+    out = []
+    for function, document in sorted(documents.items()):
+        own = [c for c in calls if c.get('function') == function]
+        for item in problems(own, document):
+            out.append('%s %s does not allow %s' % (stage, function, item))
+        for item in extras(own, document, platform_actions(function)):
+            out.append('%s %s allows %s, which nothing it runs needs' % (stage, function, item))
+    # A test called chalicelib directly: some function must be allowed it.
+    for call in calls:
+        if call.get('function') is None and all(problems([call], d)
+                                                for d in documents.values()):
+            out.append('%s: no function may %s.%s%s' % (
+                stage, call['service'], call['operation'],
+                ' on key %r' % call['key'] if call.get('key') else ''))
+    unknown = {c['function'] for c in calls if c.get('function') not in documents} - {None}
+    out.extend('%s: calls recorded for %s, which has no policy' % (stage, f)
+               for f in sorted(unknown))
+    return sorted(set(out))
+
+
 def read_calls(path):
     calls, seen = [], set()
     with open(path) as f:
@@ -98,31 +183,31 @@ def read_calls(path):
     return calls
 
 
-def policy_files():
-    return sorted(glob.glob(os.path.join(ROOT, '.chalice', 'policy-*.json')))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('calls', help='the JSON Lines file the test suite wrote')
+    parser.add_argument('--stage', action='append', choices=['dev', 'prod'],
+                        help='check only this stage (repeatable; default: both)')
     args = parser.parse_args(argv)
     if not os.path.exists(args.calls):
         print('check_policy: %s is missing; was the suite run with '
               'CARS_RECORD_AWS_CALLS set?' % args.calls, file=sys.stderr)
         return 1
     calls = read_calls(args.calls)
-    failed = False
-    for path in policy_files():
-        with open(path) as f:
-            missing = problems(calls, json.load(f))
-        for item in missing:
-            print('%s does not allow %s' % (os.path.relpath(path, ROOT), item), file=sys.stderr)
-        failed = failed or bool(missing)
-    ops = sorted({'%s.%s' % (c['service'], c['operation']) for c in calls})
-    print('check_policy: %d kinds of AWS call by the app, %s' % (
-        len(ops), 'NOT all allowed' if failed else 'all allowed by every stage policy'))
-    print('  ' + ', '.join(ops))
-    return 1 if failed else 0
+    found = []
+    for stage in args.stage or ['dev', 'prod']:
+        found.extend(check(calls, stage))
+    for item in found:
+        print(item, file=sys.stderr)
+    by_function = {}
+    for c in calls:
+        by_function.setdefault(c.get('function') or '(a test, directly)', set()).add(
+            '%s.%s' % (c['service'], c['operation']))
+    print('check_policy: %s' % ('policies DO NOT match the recorded calls' if found else
+                                'every role allows exactly what its function calls'))
+    for function, ops in sorted(by_function.items()):
+        print('  %s: %s' % (function, ', '.join(sorted(ops))))
+    return 1 if found else 0
 
 
 if __name__ == '__main__':

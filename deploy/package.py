@@ -17,12 +17,36 @@ sys.path.insert(0, HERE)
 
 import resources  # noqa: E402 - deploy/ is not a package
 
+# The functions run python3.13 on arm64 (.chalice/config.json sets the
+# architecture). Chalice takes the runtime from the interpreter that packages
+# and picks the wheels it bundles for it, so only 3.13 may package.
+RUNTIME = (3, 13)
+WRONG_PYTHON = (
+    'deploy/package.py: the functions run Python {want}, but this is Python {have} ({exe}),\n'
+    'so Chalice would package them for python{have_short}. Get Python {want}\n'
+    '(`pyenv install {want}`, or a python{want} on PATH), then rebuild the venv:\n'
+    '    make clean && make')
+
+
+def check_interpreter(version=None, executable=None):
+    """None when `version` (default: this interpreter's) may package, else why not."""
+    version = tuple((version or sys.version_info)[:3])
+    if version[:2] == RUNTIME:
+        return None
+    return WRONG_PYTHON.format(want='%d.%d' % RUNTIME, have='.'.join(map(str, version)),
+                               have_short='%d.%d' % version[:2],
+                               exe=executable or sys.executable)
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--stage', required=True, choices=sorted(resources.STAGES))
     parser.add_argument('out', help='output directory')
     args = parser.parse_args(argv)
+    wrong = check_interpreter()
+    if wrong:
+        print(wrong, file=sys.stderr)
+        return 2
 
     env = dict(os.environ)
     # The stage's variables, as the deployed functions will see them, for the
@@ -49,4 +73,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -1,11 +1,14 @@
 """The merge template for `chalice package`: every AWS resource the app needs
 besides its functions and REST API, per stage.
 
-Chalice writes the functions, their event sources and the REST API; this
-module adds the table, queues, bucket, topic, logging and gateway responses,
-and points Chalice's placeholders (queue name, stream ARN, bucket name in the
-EventBridge pattern) at them. `chalice package --merge-template` deep-merges
-this over its own template by logical id.
+Chalice writes the functions, their roles, event sources and the REST API;
+this module adds the table, queues and dead-letter queues, bucket, topic, log
+groups and gateway responses, points Chalice's placeholders (queue name, stream
+ARN, bucket name in the EventBridge pattern) at them, gives every event source
+somewhere for failures to go, and gives each role its own policy
+(deploy/policies.py). `chalice package --merge-template` deep-merges this over
+its own template by logical id (lists are replaced whole). `build()` returns the
+whole merge template; add to it there.
 
 The table's properties come from chalicelib/table.json, the file `cli init`
 and the tests create the table from, so the deployed table cannot drift from
@@ -19,14 +22,22 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import policies  # noqa: E402 - deploy/ is not a package
 
 # Settings that differ between stages. Throttling: requests per second
 # (steady) and burst, for the whole stage.
+# Bucket lifecycle, in days: old versions of any object, then the import
+# reports and the daily exports (both can be made again; uploads under
+# imports/ are the operators' own and are kept).
 STAGES = {
     'dev': {'rate_limit': 50, 'burst_limit': 100, 'log_retention_days': 14,
-            'protect_data': False},
+            'protect_data': False, 'noncurrent_version_days': 7,
+            'report_days': 30, 'export_days': 14},
     'prod': {'rate_limit': 500, 'burst_limit': 1000, 'log_retention_days': 365,
-             'protect_data': True},
+             'protect_data': True, 'noncurrent_version_days': 30,
+             'report_days': 365, 'export_days': 90},
 }
 
 # Logical ids Chalice gives the functions of app.py (to_cfn_resource_name of
@@ -39,26 +50,55 @@ IMPORT_FUNCTION = 'ImportUpload'
 IMPORT_EVENT = 'ImportUploadEvent'
 PUBLISH_FUNCTION = 'PublishChanges'
 PUBLISH_EVENT = 'PublishChangesDynamodbEventSource'
+EXPORT_FUNCTION = 'ScheduledExport'
+EXPORT_EVENT = 'ScheduledExportEvent'
+# The EventBridge rules the SAM transform makes of the two rule event sources
+# (function id + event id); the events dead-letter queue admits only these.
+IMPORT_RULE = IMPORT_FUNCTION + IMPORT_EVENT
+EXPORT_RULE = EXPORT_FUNCTION + EXPORT_EVENT
+FUNCTIONS = policies.FUNCTIONS
 
 # Our own resources (named so they cannot collide with Chalice's ids above).
 TABLE = 'CarsTable'
 QUEUE = 'CarsIngestQueue'
 DEAD_LETTERS = 'CarsIngestDeadLetterQueue'
+# Import/export events EventBridge could not deliver, or that failed every
+# asynchronous try of their function.
+EVENTS_DEAD_LETTERS = policies.EVENTS_DEAD_LETTERS
+# Stream batches PublishChanges failed on every retry (Lambda sends where in
+# the stream they were, not the records: they stay readable for 24 hours).
+CHANGES_DEAD_LETTERS = policies.CHANGES_DEAD_LETTERS
 BUCKET = 'CarsBucket'
 TOPIC = 'CarsChangesTopic'
 ACCESS_LOGS = 'ApiAccessLogs'
+
+ACCOUNT_ROLE_CONDITION = 'CreateApiGatewayAccountRole'
+# CORS conditions on the CorsOrigins parameter (see gateway_responses).
+CORS_ONE_ORIGIN = 'CorsOneOrigin'
 
 # How often a message is tried before it moves to the dead-letter queue.
 MAX_RECEIVE_COUNT = 5
 # AWS advises a queue visibility timeout of six times the consumer's timeout,
 # so a batch that is retried inside Lambda does not reappear meanwhile.
 INGEST_VISIBILITY_SECONDS = 6 * 29
+# EventBridge's own retries of a delivery to a function (throttled, not yet
+# allowed), after which the event goes to the dead-letter queue.
+RULE_RETRY_POLICY = {'MaximumRetryAttempts': 20, 'MaximumEventAgeInSeconds': 6 * 3600}
+# The SAM event source properties that send what keeps failing somewhere.
+STREAM_FAILURES = {
+    # A record that keeps failing must not block the stream for 24 hours.
+    'MaximumRetryAttempts': 10,
+    'BisectBatchOnFunctionError': True,
+    # The handler returns batchItemFailures: only the failed record onwards
+    # is retried, not the events already published.
+    'FunctionResponseTypes': ['ReportBatchItemFailures'],
+}
 
 
 def auth_parameter_name(stage):
     """The SSM SecureString holding the stage's write tokens (created by hand:
     CloudFormation cannot create SecureString parameters)."""
-    return '/cars/%s/auth-tokens' % stage
+    return policies.token_parameter_name(stage)
 
 
 def table_properties():
@@ -121,14 +161,61 @@ def problem_template(status, slug, title, detail):
     return body
 
 
+# The 401 names the scheme, as the app's own 401 does (chalicelib/auth.py).
+CHALLENGE = 'Bearer realm="cars"'
+
+
+def _cors_expose_headers():
+    sys.path.insert(0, ROOT)
+    try:
+        from chalicelib import cors
+    finally:
+        sys.path.remove(ROOT)
+    return cors.EXPOSE_HEADERS
+
+
+def _header(value):
+    # Gateway response header values are static: a quoted literal.
+    return "'%s'" % value
+
+
+def cors_conditions():
+    """CORS on API Gateway's own errors, from the CorsOrigins parameter.
+
+    chalicelib/cors.py echoes the caller's origin when it is one of the
+    allowed ones. A gateway response cannot: its headers are fixed when the
+    stage is deployed. So with one origin (or `*`) the gateway's errors carry
+    it, as the app's answers would; with several they carry none: one fixed
+    origin would be right for only one of them, and `*` would admit origins the
+    stage does not list. Browsers at such a stage see the gateway's own errors (unknown
+    path, refused token, throttling) as network errors; the app's are unchanged.
+    """
+    origins = {'Ref': 'CorsOrigins'}
+    return {
+        'CorsOff': {'Fn::Equals': [origins, '']},
+        CORS_ONE_ORIGIN: {'Fn::And': [
+            {'Fn::Not': [{'Condition': 'CorsOff'}]},
+            # No comma: the first item of the list is the whole value.
+            {'Fn::Equals': [{'Fn::Select': [0, {'Fn::Split': [',', origins]}]}, origins]},
+        ]},
+    }
+
+
 def gateway_responses():
+    expose = _cors_expose_headers()
     out = {}
     for kind, (status, slug, title, detail) in GATEWAY_PROBLEMS.items():
+        headers = {'gatewayresponse.header.Content-Type': _header('application/problem+json')}
+        if status == 401:
+            headers['gatewayresponse.header.WWW-Authenticate'] = _header(CHALLENGE)
+        with_cors = dict(headers, **{
+            'gatewayresponse.header.Access-Control-Allow-Origin': _sub("'${CorsOrigins}'"),
+            'gatewayresponse.header.Access-Control-Expose-Headers': _header(expose),
+            'gatewayresponse.header.Vary': _header('Origin'),
+        })
         out[kind] = {
             'statusCode': str(status),
-            'responseParameters': {
-                'gatewayresponse.header.Content-Type': "'application/problem+json'",
-            },
+            'responseParameters': {'Fn::If': [CORS_ONE_ORIGIN, with_cors, headers]},
             'responseTemplates': {
                 'application/json': problem_template(status, slug, title, detail),
             },
@@ -166,17 +253,179 @@ def any_method_fallbacks(paths):
     return {path: {'x-amazon-apigateway-any-method': method} for path in paths}
 
 
+# One JSON object a line. $context.error.messageString is API Gateway's
+# message already quoted and escaped for JSON, so it goes in unquoted
+# ($context.error.message in quotes breaks the line on a message with a quote).
 ACCESS_LOG_FORMAT = json.dumps({
     'requestId': '$context.requestId', 'ip': '$context.identity.sourceIp',
     'time': '$context.requestTime', 'method': '$context.httpMethod',
     'path': '$context.path', 'status': '$context.status',
     'length': '$context.responseLength', 'latencyMs': '$context.responseLatency',
     'integrationLatencyMs': '$context.integrationLatency',
-    'error': '$context.error.message',
-}, separators=(',', ':'))
+}, separators=(',', ':'))[:-1] + ',"error":$context.error.messageString}'
+
+
+def _queue(**properties):
+    return {'Type': 'AWS::SQS::Queue',
+            'Properties': dict({'MessageRetentionPeriod': 14 * 24 * 3600,
+                                'SqsManagedSseEnabled': True}, **properties)}
+
+
+def dead_letter_queues():
+    return {
+        DEAD_LETTERS: _queue(),
+        EVENTS_DEAD_LETTERS: _queue(),
+        CHANGES_DEAD_LETTERS: _queue(),
+        # EventBridge sends what it cannot deliver with the rule's own
+        # identity, so the queue admits events.amazonaws.com for our two rules
+        # only. (The functions' own sends are allowed by their roles.)
+        'CarsEventsDeadLetterQueuePolicy': {
+            'Type': 'AWS::SQS::QueuePolicy',
+            'Properties': {
+                'Queues': [{'Ref': EVENTS_DEAD_LETTERS}],
+                'PolicyDocument': {'Version': '2012-10-17', 'Statement': [{
+                    'Sid': 'UndeliveredRuleEvents', 'Effect': 'Allow',
+                    'Principal': {'Service': 'events.amazonaws.com'},
+                    'Action': 'sqs:SendMessage', 'Resource': _arn(EVENTS_DEAD_LETTERS),
+                    'Condition': {'ArnEquals': {'aws:SourceArn': [
+                        _arn(IMPORT_RULE), _arn(EXPORT_RULE)]}},
+                }]},
+            },
+        },
+    }
+
+
+def bucket(settings, retain):
+    return dict(retain, Type='AWS::S3::Bucket', Properties={
+        'PublicAccessBlockConfiguration': {
+            'BlockPublicAcls': True, 'BlockPublicPolicy': True,
+            'IgnorePublicAcls': True, 'RestrictPublicBuckets': True},
+        'BucketEncryption': {'ServerSideEncryptionConfiguration': [
+            {'ServerSideEncryptionByDefault': {'SSEAlgorithm': 'AES256'},
+             'BucketKeyEnabled': True}]},
+        'OwnershipControls': {'Rules': [{'ObjectOwnership': 'BucketOwnerEnforced'}]},
+        'VersioningConfiguration': {'Status': 'Enabled'},
+        'LifecycleConfiguration': {'Rules': [
+            # Versioning is there to undo a mistake, not to keep every
+            # export forever: an overwritten or deleted object's old version
+            # goes after a while, then its delete marker.
+            {'Id': 'ExpireOldVersions', 'Status': 'Enabled',
+             'NoncurrentVersionExpiration': {
+                 'NoncurrentDays': settings['noncurrent_version_days']},
+             'ExpiredObjectDeleteMarker': True,
+             'AbortIncompleteMultipartUpload': {'DaysAfterInitiation': 1}},
+            {'Id': 'ExpireReports', 'Status': 'Enabled', 'Prefix': 'reports/',
+             'ExpirationInDays': settings['report_days']},
+            {'Id': 'ExpireExports', 'Status': 'Enabled', 'Prefix': 'exports/',
+             'ExpirationInDays': settings['export_days']},
+        ]},
+        'NotificationConfiguration': {
+            'EventBridgeConfiguration': {'EventBridgeEnabled': True}},
+    })
+
+
+def account_logging_role():
+    """API Gateway's account-wide CloudWatch role, only where asked for.
+
+    Access logging needs it set once per account and region; two stacks that
+    both manage it would take it from each other. It is retained when the
+    stack that made it goes, since other stacks' logging relies on it.
+    """
+    created = {'Condition': ACCOUNT_ROLE_CONDITION,
+               'DeletionPolicy': 'Retain', 'UpdateReplacePolicy': 'Retain'}
+    return {
+        'ApiGatewayLoggingRole': dict(created, Type='AWS::IAM::Role', Properties={
+            'AssumeRolePolicyDocument': {'Version': '2012-10-17', 'Statement': [{
+                'Effect': 'Allow', 'Principal': {'Service': 'apigateway.amazonaws.com'},
+                'Action': 'sts:AssumeRole'}]},
+            'ManagedPolicyArns': [_sub(
+                'arn:${AWS::Partition}:iam::aws:policy/service-role/'
+                'AmazonAPIGatewayPushToCloudWatchLogs')],
+        }),
+        'ApiGatewayAccount': dict(created, Type='AWS::ApiGateway::Account', Properties={
+            'CloudWatchRoleArn': _arn('ApiGatewayLoggingRole')}),
+        # DependsOn cannot name a resource whose condition may be false; this
+        # handle refers to the account setting when there is one, so the API
+        # (and its access-logged stage) waits for it.
+        'ApiGatewayAccountReady': {
+            'Type': 'AWS::CloudFormation::WaitConditionHandle',
+            'Metadata': {'AccountSetting': {'Fn::If': [
+                ACCOUNT_ROLE_CONDITION, {'Ref': 'ApiGatewayAccount'}, 'managed elsewhere']}},
+        },
+    }
+
+
+def function_log_groups(settings):
+    # Lambda would create /aws/lambda/<name> itself, without a retention, if
+    # the role allowed logs:CreateLogGroup (it does not, see policies.py).
+    return {'%sLogGroup' % function: {
+        'Type': 'AWS::Logs::LogGroup',
+        'DeletionPolicy': 'Delete', 'UpdateReplacePolicy': 'Delete',
+        'Properties': {'LogGroupName': _sub('/aws/lambda/${%s}' % function),
+                       'RetentionInDays': settings['log_retention_days']},
+    } for function in FUNCTIONS}
+
+
+def _events(function, event, properties, **function_properties):
+    return {function: {'Properties': dict(function_properties, Events={
+        event: {'Properties': properties}})}}
+
+
+def event_sources():
+    """Overrides of Chalice's event sources: our resources instead of its
+    placeholders, and somewhere for what keeps failing to go."""
+    # A function invoked by a rule runs asynchronously: Lambda tries it three
+    # times, then sends the event to the function's dead-letter queue.
+    undelivered = {'DeadLetterConfig': {'Arn': _arn(EVENTS_DEAD_LETTERS)},
+                   'RetryPolicy': RULE_RETRY_POLICY}
+    failed = {'Type': 'SQS', 'TargetArn': _arn(EVENTS_DEAD_LETTERS)}
+    out = {}
+    out.update(_events(INGEST_FUNCTION, INGEST_EVENT, {
+        # Chalice writes the queue as a Fn::Sub; the merge is a deep merge
+        # of dicts, so only the same intrinsic key replaces it.
+        'Queue': _sub('${%s.Arn}' % QUEUE),
+        # Only the failed messages of a batch are retried (the handler
+        # returns batchItemFailures); Chalice does not set this itself.
+        'FunctionResponseTypes': ['ReportBatchItemFailures'],
+    }))
+    out.update(_events(IMPORT_FUNCTION, IMPORT_EVENT, dict(undelivered, Pattern={
+        'detail': {'bucket': {'name': [{'Ref': BUCKET}]}}}), DeadLetterQueue=failed))
+    out.update(_events(EXPORT_FUNCTION, EXPORT_EVENT, undelivered, DeadLetterQueue=failed))
+    out.update(_events(PUBLISH_FUNCTION, PUBLISH_EVENT, dict(
+        STREAM_FAILURES, Stream={'Fn::GetAtt': [TABLE, 'StreamArn']},
+        DestinationConfig={'OnFailure': {'Destination': _arn(CHANGES_DEAD_LETTERS)}})))
+    return out
+
+
+def rest_api(settings, paths):
+    return {REST_API: {
+        'DependsOn': ['ApiGatewayAccountReady'],
+        'Properties': {
+            # Without it, the SAM transform deploys a second stage named
+            # "Stage", with no throttling and no access logs. The definition
+            # stays Swagger 2.0: SAM changes only OpenAPI 3 bodies.
+            'OpenApiVersion': '3.0.1',
+            # `xray: true` in .chalice/config.json traces the functions; Chalice's
+            # SAM output does not trace the stage, so it is turned on here.
+            'TracingEnabled': True,
+            'MethodSettings': [{
+                'ResourcePath': '/*', 'HttpMethod': '*',
+                'ThrottlingRateLimit': settings['rate_limit'],
+                'ThrottlingBurstLimit': settings['burst_limit'],
+                'MetricsEnabled': True,
+            }],
+            'AccessLogSetting': {'DestinationArn': _arn(ACCESS_LOGS),
+                                 'Format': ACCESS_LOG_FORMAT},
+            'DefinitionBody': {
+                'x-amazon-apigateway-gateway-responses': gateway_responses(),
+                'paths': any_method_fallbacks(api_paths() if paths is None else paths),
+            },
+        },
+    }}
 
 
 def build(stage, paths=None):
+    """The merge template for `stage` (`paths`: the API's routes, default app.py's)."""
     settings = STAGES[stage]
     keep = settings['protect_data']
     retain = {'DeletionPolicy': 'Retain', 'UpdateReplacePolicy': 'Retain'} if keep else {
@@ -186,32 +435,12 @@ def build(stage, paths=None):
     table['Tags'] = [{'Key': 'stage', 'Value': stage}]
     resources = {
         TABLE: dict(retain, Type='AWS::DynamoDB::Table', Properties=table),
-        DEAD_LETTERS: {
-            'Type': 'AWS::SQS::Queue',
-            'Properties': {'MessageRetentionPeriod': 14 * 24 * 3600,
-                           'SqsManagedSseEnabled': True},
-        },
-        QUEUE: {
-            'Type': 'AWS::SQS::Queue',
-            'Properties': {
-                'VisibilityTimeout': INGEST_VISIBILITY_SECONDS,
-                'SqsManagedSseEnabled': True,
-                'RedrivePolicy': {'deadLetterTargetArn': _arn(DEAD_LETTERS),
-                                  'maxReceiveCount': MAX_RECEIVE_COUNT},
-            },
-        },
-        BUCKET: dict(retain, Type='AWS::S3::Bucket', Properties={
-            'PublicAccessBlockConfiguration': {
-                'BlockPublicAcls': True, 'BlockPublicPolicy': True,
-                'IgnorePublicAcls': True, 'RestrictPublicBuckets': True},
-            'BucketEncryption': {'ServerSideEncryptionConfiguration': [
-                {'ServerSideEncryptionByDefault': {'SSEAlgorithm': 'AES256'},
-                 'BucketKeyEnabled': True}]},
-            'OwnershipControls': {'Rules': [{'ObjectOwnership': 'BucketOwnerEnforced'}]},
-            'VersioningConfiguration': {'Status': 'Enabled'},
-            'NotificationConfiguration': {
-                'EventBridgeConfiguration': {'EventBridgeEnabled': True}},
-        }),
+        QUEUE: _queue(
+            MessageRetentionPeriod=4 * 24 * 3600,
+            VisibilityTimeout=INGEST_VISIBILITY_SECONDS,
+            RedrivePolicy={'deadLetterTargetArn': _arn(DEAD_LETTERS),
+                           'maxReceiveCount': MAX_RECEIVE_COUNT}),
+        BUCKET: bucket(settings, retain),
         'CarsBucketTlsOnly': {
             'Type': 'AWS::S3::BucketPolicy',
             'Properties': {
@@ -233,70 +462,31 @@ def build(stage, paths=None):
             'DeletionPolicy': 'Delete', 'UpdateReplacePolicy': 'Delete',
             'Properties': {'RetentionInDays': settings['log_retention_days']},
         },
-        # API Gateway writes access logs through an account-wide role. It is
-        # retained when a stack is deleted, so deleting one stage's stack does
-        # not break another's logging.
-        'ApiGatewayLoggingRole': {
-            'Type': 'AWS::IAM::Role',
-            'DeletionPolicy': 'Retain', 'UpdateReplacePolicy': 'Retain',
-            'Properties': {
-                'AssumeRolePolicyDocument': {'Version': '2012-10-17', 'Statement': [{
-                    'Effect': 'Allow', 'Principal': {'Service': 'apigateway.amazonaws.com'},
-                    'Action': 'sts:AssumeRole'}]},
-                'ManagedPolicyArns': [_sub(
-                    'arn:${AWS::Partition}:iam::aws:policy/service-role/'
-                    'AmazonAPIGatewayPushToCloudWatchLogs')],
-            },
-        },
-        'ApiGatewayAccount': {
-            'Type': 'AWS::ApiGateway::Account',
-            'DeletionPolicy': 'Retain', 'UpdateReplacePolicy': 'Retain',
-            'Properties': {'CloudWatchRoleArn': _arn('ApiGatewayLoggingRole')},
-        },
-        # --- overrides of Chalice's own resources (merged by logical id) ---
-        REST_API: {
-            'DependsOn': ['ApiGatewayAccount'],
-            'Properties': {
-                'MethodSettings': [{
-                    'ResourcePath': '/*', 'HttpMethod': '*',
-                    'ThrottlingRateLimit': settings['rate_limit'],
-                    'ThrottlingBurstLimit': settings['burst_limit'],
-                    'MetricsEnabled': True,
-                }],
-                'AccessLogSetting': {'DestinationArn': _arn(ACCESS_LOGS),
-                                     'Format': ACCESS_LOG_FORMAT},
-                'DefinitionBody': {
-                    'x-amazon-apigateway-gateway-responses': gateway_responses(),
-                    'paths': any_method_fallbacks(api_paths() if paths is None else paths),
-                },
-            },
-        },
-        INGEST_FUNCTION: {'Properties': {'Events': {INGEST_EVENT: {'Properties': {
-            # Chalice writes the queue as a Fn::Sub; the merge is a deep merge
-            # of dicts, so only the same intrinsic key replaces it.
-            'Queue': _sub('${%s.Arn}' % QUEUE),
-            # Only the failed messages of a batch are retried (the handler
-            # returns batchItemFailures); Chalice does not set this itself.
-            'FunctionResponseTypes': ['ReportBatchItemFailures'],
-        }}}}},
-        IMPORT_FUNCTION: {'Properties': {'Events': {IMPORT_EVENT: {'Properties': {
-            'Pattern': {'detail': {'bucket': {'name': [{'Ref': BUCKET}]}}},
-        }}}}},
-        PUBLISH_FUNCTION: {'Properties': {'Events': {PUBLISH_EVENT: {'Properties': {
-            'Stream': {'Fn::GetAtt': [TABLE, 'StreamArn']},
-            # A record that keeps failing must not block the stream for 24 hours.
-            'MaximumRetryAttempts': 10,
-            'BisectBatchOnFunctionError': True,
-        }}}}},
     }
+    resources.update(dead_letter_queues())
+    resources.update(account_logging_role())
+    resources.update(function_log_groups(settings))
+    # --- overrides of Chalice's own resources (merged by logical id) ---
+    resources.update(policies.role_overrides(stage))
+    resources.update(event_sources())
+    resources.update(rest_api(settings, paths))
     template = {
         'Parameters': {
             'CorsOrigins': {
                 'Type': 'String', 'Default': '',
                 'Description': 'Comma-separated origins allowed to call the API from a '
-                               'browser (CARS_CORS_ORIGINS); empty means none.',
+                               'browser (CARS_CORS_ORIGINS), written as browsers send '
+                               'them (no trailing slash), or *; empty means none.',
+            },
+            ACCOUNT_ROLE_CONDITION: {
+                'Type': 'String', 'Default': 'false', 'AllowedValues': ['true', 'false'],
+                'Description': "true: this stack sets API Gateway's account-wide CloudWatch "
+                               'logging role (needed once per account and region).',
             },
         },
+        'Conditions': dict(cors_conditions(), **{
+            ACCOUNT_ROLE_CONDITION: {'Fn::Equals': [{'Ref': ACCOUNT_ROLE_CONDITION}, 'true']},
+        }),
         # Every function (the API, the authorizer, the event handlers) finds
         # the stack's resources here. They are not in .chalice/config.json
         # because `chalice local` applies a stage's variables to the local
@@ -314,6 +504,8 @@ def build(stage, paths=None):
             'CarsBucketName': {'Value': {'Ref': BUCKET}},
             'CarsIngestQueueUrl': {'Value': {'Ref': QUEUE}},
             'CarsIngestDeadLetterQueueUrl': {'Value': {'Ref': DEAD_LETTERS}},
+            'CarsEventsDeadLetterQueueUrl': {'Value': {'Ref': EVENTS_DEAD_LETTERS}},
+            'CarsChangesDeadLetterQueueUrl': {'Value': {'Ref': CHANGES_DEAD_LETTERS}},
             'CarsChangesTopicArn': {'Value': {'Ref': TOPIC}},
             'AuthTokensParameter': {'Value': auth_parameter_name(stage)},
         },

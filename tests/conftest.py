@@ -66,10 +66,24 @@ from stores import (api, dynamodb_table, dynamodb_table_with_stream, sqlite_path
 
 # --- AWS calls made by the app's own code, for deploy/check_policy.py ---------
 # With CARS_RECORD_AWS_CALLS=<file> (set by `make test`), every boto3 call whose
-# stack passes through app.py or chalicelib/ is appended to <file>, so the IAM
-# policies can be checked against what the code really calls. Calls from test
-# setup (moto, DynamoDB Local fixtures) and from operator tools that do not run
-# in Lambda (chalicelib/table.py, chalicelib/cli.py) are left out.
+# stack passes through app.py or chalicelib/ is appended to <file>, with the
+# deployed function that made it, so each function's IAM role can be checked
+# against what its code really calls. Calls from test setup (moto, DynamoDB
+# Local fixtures) and from operator tools that do not run in Lambda
+# (chalicelib/table.py, chalicelib/cli.py) are left out.
+
+# app.py's handlers and the logical ids of the functions Chalice makes of them;
+# every other function in app.py is an API view, served by APIHandler.
+HANDLER_FUNCTIONS = {
+    'token_authorizer': 'TokenAuthorizer',
+    'ingest_queue': 'IngestQueue',
+    'import_upload': 'ImportUpload',
+    'publish_changes': 'PublishChanges',
+    'scheduled_export': 'ScheduledExport',
+}
+API_FUNCTION = 'APIHandler'
+
+
 def _record_aws_calls(path):
     import json
     import sys
@@ -78,27 +92,38 @@ def _record_aws_calls(path):
     from botocore.client import BaseClient
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    app_files = (os.path.join(root, 'app.py'), os.path.join(root, 'chalicelib') + os.sep)
+    app_file = os.path.join(root, 'app.py')
+    app_files = (app_file, os.path.join(root, 'chalicelib') + os.sep)
     tool_files = tuple(os.path.join(root, 'chalicelib', f) for f in ('table.py', 'cli.py'))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     original = BaseClient._make_api_call
     lock = threading.Lock()
     seen = set()
 
-    def from_app():
-        frame, app = sys._getframe(2), False
+    def caller():
+        """(made by the app?, the function's logical id or None)."""
+        frame, app, handler, rest_api = sys._getframe(2), False, None, False
         while frame is not None:
-            name = frame.f_code.co_filename
+            code = frame.f_code
+            name = code.co_filename
             if name.startswith(tool_files):
-                return False
+                return False, None
             app = app or name.startswith(app_files)
+            if name == app_file and code.co_name != '<module>':
+                handler = code.co_name  # the outermost app.py frame is the handler
+            # The API's middleware (auth, CORS) runs outside any app.py frame.
+            rest_api = rest_api or code.co_qualname == 'RestAPIEventHandler.__call__'
             frame = frame.f_back
-        return app
+        if handler is not None:
+            return app, HANDLER_FUNCTIONS.get(handler, API_FUNCTION)
+        # Otherwise a test called chalicelib directly: no function to name.
+        return app, API_FUNCTION if rest_api else None
 
     def recording(self, operation_name, api_params):
-        if from_app():
+        app, function = caller()
+        if app:
             call = {'service': self.meta.service_model.signing_name,
-                    'operation': operation_name}
+                    'operation': operation_name, 'function': function}
             if call['service'] == 's3' and 'Key' in api_params:
                 call['key'] = api_params['Key']
             if operation_name == 'TransactWriteItems':

@@ -1,7 +1,9 @@
-"""The hand-written IAM policies (.chalice/policy-<stage>.json) are least privilege.
+"""Each function's IAM policy (deploy/policies.py) is its own, and least privilege.
 
-That they cover every call the code makes is checked by `make test`: the suite
-records the calls (tests/conftest.py) and deploy/check_policy.py compares.
+That every role allows exactly what its function calls is checked by
+`make test`: the suite records the calls per function (tests/conftest.py) and
+deploy/check_policy.py compares, both ways. tests/test_translated_template.py
+checks the deployed roles carry these documents.
 """
 import json
 import os
@@ -14,87 +16,211 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'deploy'))
 
 import check_policy  # noqa: E402
+import policies  # noqa: E402
 import resources  # noqa: E402
 
 STAGES = sorted(resources.STAGES)
-
-
-def policy(stage):
-    with open(os.path.join(ROOT, '.chalice', 'policy-%s.json' % stage)) as f:
-        return json.load(f)
-
-
-def statements(stage):
-    return policy(stage)['Statement']
+TRACING = {'xray:PutTelemetryRecords', 'xray:PutTraceSegments'}
 
 
 def _as_list(value):
     return value if isinstance(value, list) else [value]
 
 
+def statements(stage, function):
+    return policies.build(stage)[function]['Statement']
+
+
+def actions(stage, function):
+    return {a for s in statements(stage, function) for a in _as_list(s['Action'])}
+
+
+def every_statement(stage):
+    for function in policies.FUNCTIONS:
+        for statement in statements(stage, function):
+            yield function, statement
+
+
 @pytest.mark.parametrize('stage', STAGES)
-def test_no_wildcard_resource_or_action(stage):
-    for statement in statements(stage):
+def test_no_wildcard_resource_or_action_but_tracing(stage):
+    for function, statement in every_statement(stage):
         assert statement['Effect'] == 'Allow'
-        for resource in _as_list(statement['Resource']):
-            assert resource != '*', statement['Sid']
         for action in _as_list(statement['Action']):
-            assert '*' not in action, statement['Sid']
+            assert '*' not in action, (function, statement['Sid'])
+        if set(_as_list(statement['Action'])) == TRACING:
+            continue  # X-Ray has no resource narrower than "*"
+        for resource in _as_list(statement['Resource']):
+            assert resource != '*', (function, statement['Sid'])
 
 
 @pytest.mark.parametrize('stage', STAGES)
 def test_every_resource_is_one_of_this_stacks_own(stage):
     own = set(resources.build(stage, paths=[])['Resources'])
-    for statement in statements(stage):
+    for function, statement in every_statement(stage):
+        if statement['Resource'] == '*':
+            continue
         for resource in _as_list(statement['Resource']):
             text = json.dumps(resource)
             names = set(re.findall(r'\$\{(\w+)\.\w+\}', text))
-            names |= {r['Ref'] for r in [resource] if isinstance(r, dict) and 'Ref' in r}
+            names |= {r['Ref'] for r in [resource] if 'Ref' in r}
             names |= {r['Fn::GetAtt'][0] for r in [resource] if 'Fn::GetAtt' in r}
-            assert names <= own, (statement['Sid'], names - own)
+            assert names <= own, (function, statement['Sid'], names - own)
             if not names:
-                # Account-scoped ARNs: only this stage's log groups, token
-                # parameter, or a KMS key used through one named service.
-                assert '${AWS::AccountId}' in text, statement['Sid']
+                # Account-scoped ARNs: only this stack's log groups, the stage's
+                # token parameter, or a KMS key used through one named service.
+                assert '${AWS::AccountId}' in text, (function, statement['Sid'])
 
 
 @pytest.mark.parametrize('stage', STAGES)
-def test_token_parameter_is_the_stages_own_and_kms_only_through_services(stage):
+def test_only_the_authorizer_reads_the_stages_own_token_parameter(stage):
     name = resources.auth_parameter_name(stage)
-    ssm = [s for s in statements(stage) if 'ssm:GetParameter' in _as_list(s['Action'])]
-    assert len(ssm) == 1
-    assert json.dumps(ssm[0]['Resource']).endswith(':parameter%s"}' % name)
-    for statement in statements(stage):
+    for function in policies.FUNCTIONS:
+        ssm = [s for s in statements(stage, function)
+               if 'ssm:GetParameter' in _as_list(s['Action'])]
+        if function != policies.TOKEN_AUTHORIZER:
+            assert ssm == [], function
+            continue
+        assert len(ssm) == 1
+        assert json.dumps(ssm[0]['Resource']).endswith(':parameter%s"}' % name)
+    for function, statement in every_statement(stage):
         if any(a.startswith('kms:') for a in _as_list(statement['Action'])):
-            assert 'kms:ViaService' in statement['Condition']['StringEquals']
+            assert 'kms:ViaService' in statement['Condition']['StringEquals'], function
+
+
+@pytest.mark.parametrize('stage', STAGES)
+def test_the_authorizer_cannot_touch_the_table_and_the_api_cannot_publish(stage):
+    assert not any(a.startswith(('dynamodb:', 's3:', 'sns:', 'sqs:'))
+                   for a in actions(stage, policies.TOKEN_AUTHORIZER))
+    assert not any(a.startswith(('ssm:', 'kms:', 'sns:', 's3:', 'sqs:'))
+                   for a in actions(stage, policies.API_HANDLER))
+    assert 'dynamodb:BatchWriteItem' not in actions(stage, policies.API_HANDLER)
+    assert actions(stage, policies.SCHEDULED_EXPORT) & {
+        'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'} == set()
+
+
+@pytest.mark.parametrize('stage', STAGES)
+def test_no_role_creates_log_groups_and_every_role_traces(stage):
+    for function in policies.FUNCTIONS:
+        granted = actions(stage, function)
+        assert 'logs:CreateLogGroup' not in granted, function
+        assert TRACING <= granted, function
 
 
 def test_stages_allow_the_same_actions():
-    actions = {stage: sorted(a for s in statements(stage) for a in _as_list(s['Action']))
-               for stage in STAGES}
-    assert actions['dev'] == actions['prod']
+    for function in policies.FUNCTIONS:
+        assert actions('dev', function) == actions('prod', function), function
+
+
+def test_every_function_has_a_role_chalice_makes():
+    assert set(policies.FUNCTIONS) == {'APIHandler', 'TokenAuthorizer', 'IngestQueue',
+                                       'ImportUpload', 'PublishChanges', 'ScheduledExport'}
+    overrides = policies.role_overrides('prod')
+    assert set(overrides) == set(policies.ROLES.values())
+
+
+# --- deploy/check_policy.py ---------------------------------------------------------
+
+def call(function, service, operation, **extra):
+    return dict(extra, function=function, service=service, operation=operation)
+
+
+def document(function, stage='prod'):
+    return policies.build(stage)[function]
 
 
 def test_check_reports_an_action_the_policy_lacks():
-    calls = [{'service': 'dynamodb', 'operation': 'Scan'}]
-    assert check_policy.problems(calls, policy('prod')) == [
+    calls = [call('APIHandler', 'dynamodb', 'Scan')]
+    assert check_policy.problems(calls, document('APIHandler')) == [
         'dynamodb:Scan (for dynamodb.Scan)']
 
 
-def test_check_maps_operations_to_their_iam_action():
-    calls = [{'service': 'sns', 'operation': 'PublishBatch'},
-             {'service': 's3', 'operation': 'HeadObject', 'key': 'imports/cars.csv'}]
-    assert check_policy.problems(calls, policy('prod')) == []
+def test_check_maps_operations_to_their_iam_action_and_the_kms_they_need():
+    calls = [call('PublishChanges', 'sns', 'PublishBatch')]
+    assert check_policy.problems(calls, document('PublishChanges')) == []
+    assert check_policy.iam_actions(calls[0]) == [
+        'sns:Publish', 'kms:Decrypt', 'kms:GenerateDataKey']
+    head = call('ImportUpload', 's3', 'HeadObject', key='imports/cars.csv')
+    assert check_policy.problems([head], document('ImportUpload')) == []
 
 
 def test_check_reports_an_object_key_outside_the_allowed_prefixes():
-    calls = [{'service': 's3', 'operation': 'PutObject', 'key': 'imports/overwrite.csv'}]
-    assert check_policy.problems(calls, policy('prod')) == [
+    calls = [call('ImportUpload', 's3', 'PutObject', key='imports/overwrite.csv')]
+    assert check_policy.problems(calls, document('ImportUpload')) == [
         "s3:PutObject on key 'imports/overwrite.csv'"]
 
 
 def test_check_takes_transactions_item_by_item():
-    calls = [{'service': 'dynamodb', 'operation': 'TransactWriteItems',
-              'actions': ['dynamodb:ConditionCheckItem', 'dynamodb:PutItem']}]
-    assert check_policy.problems(calls, policy('prod')) == [
+    calls = [call('APIHandler', 'dynamodb', 'TransactWriteItems',
+                  actions=['dynamodb:ConditionCheckItem', 'dynamodb:PutItem'])]
+    assert check_policy.problems(calls, document('APIHandler')) == [
         'dynamodb:ConditionCheckItem (for dynamodb.TransactWriteItems)']
+
+
+def test_check_reports_what_a_role_allows_beyond_its_calls():
+    # ScheduledExport only queries and writes exports; its platform needs
+    # (logs, tracing, its dead-letter queue) count as needed.
+    calls = [call('ScheduledExport', 'dynamodb', 'Query')]
+    assert check_policy.extras(calls, document('ScheduledExport'),
+                               check_policy.platform_actions('ScheduledExport')) == [
+        's3:PutObject']
+    calls.append(call('ScheduledExport', 's3', 'PutObject', key='exports/2024-01-01/cars.csv'))
+    assert check_policy.extras(calls, document('ScheduledExport'),
+                               check_policy.platform_actions('ScheduledExport')) == []
+
+
+def test_check_reports_an_unused_object_prefix():
+    both = {'Statement': [{'Effect': 'Allow', 'Action': 's3:PutObject', 'Resource': [
+        {'Fn::Sub': '${CarsBucket.Arn}/reports/*'}, {'Fn::Sub': '${CarsBucket.Arn}/exports/*'}]}]}
+    calls = [call('ImportUpload', 's3', 'PutObject', key='reports/a.csv.json')]
+    assert check_policy.extras(calls, both) == ["s3:PutObject on 'exports/*'"]
+
+
+def test_check_holds_each_function_to_its_own_role():
+    # The authorizer may read the tokens; the same call by the API is refused.
+    read = {'service': 'ssm', 'operation': 'GetParameter'}
+    found = check_policy.check([dict(read, function='APIHandler')], 'prod')
+    assert 'prod APIHandler does not allow ssm:GetParameter (for ssm.GetParameter)' in found
+    assert 'prod APIHandler does not allow kms:Decrypt (for ssm.GetParameter)' in found
+    found = check_policy.check([dict(read, function='TokenAuthorizer')], 'prod')
+    assert not [f for f in found if f.startswith('prod TokenAuthorizer')]
+
+
+def test_check_needs_some_role_for_calls_made_outside_a_handler():
+    found = check_policy.check([call(None, 'dynamodb', 'Scan')], 'dev')
+    assert 'dev: no function may dynamodb.Scan' in found
+    found = check_policy.check([call(None, 'dynamodb', 'BatchWriteItem')], 'dev')
+    assert not [f for f in found if f.startswith('dev: ')]
+
+
+# --- the token authorizer's own call, recorded for check_policy ------------------
+
+def test_the_authorizer_reads_the_stages_tokens_from_ssm(monkeypatch):
+    """The deployed authorizer fetches the token list from the stage's SecureString
+    (moto stands in for SSM) and allows a listed token, denies another."""
+    from chalice.test import Client
+    from moto import mock_aws
+
+    from app import app
+    from chalicelib import auth
+    name = resources.auth_parameter_name('dev')
+    monkeypatch.setenv('CARS_AUTH_SSM_PARAMETER', name)
+    monkeypatch.delenv('CARS_AUTH_TOKENS', raising=False)
+    auth.clear_cache()
+    try:
+        with mock_aws():
+            import boto3
+            boto3.client('ssm').put_parameter(Name=name, Type='SecureString',
+                                              Value='first-token,second-token')
+            with Client(app) as client:
+                def verdict(token):
+                    return client.lambda_.invoke('token_authorizer', {
+                        'type': 'TOKEN', 'authorizationToken': 'Bearer %s' % token,
+                        'methodArn': 'arn:aws:execute-api:us-east-1:123456789012:'
+                                     'abc/api/POST/api/v1/cars'}).payload
+                allowed = verdict('second-token')
+                denied = verdict('not-a-token')
+    finally:
+        auth.clear_cache()
+    assert allowed['principalId'] == auth.PRINCIPAL
+    assert allowed['policyDocument']['Statement'][0]['Effect'] == 'Allow'
+    assert denied['principalId'] != auth.PRINCIPAL

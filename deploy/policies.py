@@ -1,0 +1,193 @@
+"""Each function's IAM policy, per stage: the one place the roles are written.
+
+Chalice makes one role per function (ApiHandlerRole, TokenAuthorizerRole, ...)
+but gives each the same policy file. deploy/resources.py replaces every role's
+`Policies` with the document built here (the merge template replaces lists
+whole), so the authorizer cannot write the table and the API cannot read the
+token parameter.
+
+deploy/check_policy.py compares these documents with the AWS calls the test
+suite recorded per function, both ways: every call is allowed, and nothing is
+allowed that no recorded call (or the platform on the function's behalf)
+needs. Keep a statement here only with the code that calls it.
+
+    python deploy/policies.py --stage prod    # prints {function: policy}
+"""
+import argparse
+import json
+import sys
+
+API_HANDLER = 'APIHandler'
+TOKEN_AUTHORIZER = 'TokenAuthorizer'
+INGEST_QUEUE = 'IngestQueue'
+IMPORT_UPLOAD = 'ImportUpload'
+PUBLISH_CHANGES = 'PublishChanges'
+SCHEDULED_EXPORT = 'ScheduledExport'
+
+# Function logical id -> the role Chalice makes for it (its resource name,
+# `<handler>_role`, in CamelCase; the API function's handler is `api_handler`).
+ROLES = {
+    API_HANDLER: 'ApiHandlerRole',
+    TOKEN_AUTHORIZER: 'TokenAuthorizerRole',
+    INGEST_QUEUE: 'IngestQueueRole',
+    IMPORT_UPLOAD: 'ImportUploadRole',
+    PUBLISH_CHANGES: 'PublishChangesRole',
+    SCHEDULED_EXPORT: 'ScheduledExportRole',
+}
+FUNCTIONS = sorted(ROLES)
+
+# The stack's resources the policies name (logical ids from deploy/resources.py,
+# repeated here so this module imports nothing; tests/test_policy.py checks
+# every name is one of the stack's own).
+TABLE = 'CarsTable'
+QUEUE = 'CarsIngestQueue'
+BUCKET = 'CarsBucket'
+TOPIC = 'CarsChangesTopic'
+CHANGES_DEAD_LETTERS = 'CarsChangesDeadLetterQueue'
+EVENTS_DEAD_LETTERS = 'CarsEventsDeadLetterQueue'
+
+ACCOUNT = 'arn:${AWS::Partition}:%s:${AWS::Region}:${AWS::AccountId}:%s'
+
+# What each function's code does with the table (recorded by the suite).
+TABLE_ACTIONS = {
+    API_HANDLER: ['DeleteItem', 'GetItem', 'PutItem', 'Query', 'UpdateItem'],
+    INGEST_QUEUE: ['DeleteItem', 'PutItem', 'UpdateItem'],
+    IMPORT_UPLOAD: ['BatchWriteItem', 'PutItem', 'UpdateItem'],
+    SCHEDULED_EXPORT: ['Query'],
+}
+
+
+def token_parameter_name(stage):
+    """The SSM SecureString holding the stage's write tokens."""
+    return '/cars/%s/auth-tokens' % stage
+
+
+def _sub(text):
+    return {'Fn::Sub': text}
+
+
+def _statement(sid, actions, resource, condition=None):
+    out = {'Sid': sid, 'Effect': 'Allow', 'Action': sorted(actions), 'Resource': resource}
+    if condition:
+        out['Condition'] = condition
+    return out
+
+
+def _logs(function):
+    # The function's own log group, created by the stack with a retention
+    # (deploy/resources.py), so no logs:CreateLogGroup. It cannot be named by
+    # reference (role -> log group -> function -> role is a cycle), so by the
+    # name CloudFormation gives the function: <stack>-<logical id>-<suffix>.
+    return _statement('OwnLogGroup', ['logs:CreateLogStream', 'logs:PutLogEvents'], _sub(
+        ACCOUNT % ('logs', 'log-group:/aws/lambda/${AWS::StackName}-%s-*' % function)))
+
+
+def _xray():
+    # Active tracing: the Lambda service sends the function's segments with
+    # these two actions, which take no resource narrower than "*".
+    return _statement('ActiveTracing', ['xray:PutTelemetryRecords', 'xray:PutTraceSegments'],
+                      '*')
+
+
+def _table(function):
+    return _statement('CarItems', ['dynamodb:%s' % a for a in TABLE_ACTIONS[function]],
+                      {'Fn::GetAtt': [TABLE, 'Arn']})
+
+
+def _tokens(stage):
+    parameter = _sub(ACCOUNT % ('ssm', 'parameter' + token_parameter_name(stage)))
+    return [
+        _statement('ReadWriteTokens', ['ssm:GetParameter'], parameter),
+        _statement('DecryptWriteTokensThroughSsmOnly', ['kms:Decrypt'],
+                   _sub(ACCOUNT % ('kms', 'key/*')),
+                   {'StringEquals': {
+                       'kms:ViaService': _sub('ssm.${AWS::Region}.amazonaws.com'),
+                       'kms:EncryptionContext:PARAMETER_ARN': parameter}}),
+    ]
+
+
+def _objects(sid, action, *prefixes):
+    resources = [_sub('${%s.Arn}/%s*' % (BUCKET, p)) for p in prefixes]
+    return _statement(sid, [action], resources[0] if len(resources) == 1 else resources)
+
+
+def _failed_events():
+    # Lambda sends an event that failed every asynchronous try of the function
+    # to its dead-letter queue with the function's role.
+    return _statement('FailedEventsToDeadLetterQueue', ['sqs:SendMessage'],
+                      {'Fn::GetAtt': [EVENTS_DEAD_LETTERS, 'Arn']})
+
+
+def statements(function, stage):
+    """The statements of `function`'s policy, besides logs and tracing."""
+    if function == API_HANDLER:
+        # Writes are checked by the authorizer in front of it, so the API
+        # function never reads the tokens (chalicelib/auth.py).
+        return [_table(function)]
+    if function == TOKEN_AUTHORIZER:
+        return _tokens(stage)
+    if function == INGEST_QUEUE:
+        return [
+            _table(function),
+            # Lambda's event source mapping polls the queue with the function's role.
+            _statement('PollIngestQueue', ['sqs:DeleteMessage', 'sqs:GetQueueAttributes',
+                                           'sqs:ReceiveMessage'],
+                       {'Fn::GetAtt': [QUEUE, 'Arn']}),
+        ]
+    if function == IMPORT_UPLOAD:
+        return [
+            _table(function),
+            _objects('ReadImports', 's3:GetObject', 'imports/'),
+            _objects('WriteReports', 's3:PutObject', 'reports/'),
+            _failed_events(),
+        ]
+    if function == PUBLISH_CHANGES:
+        return [
+            # Lambda's event source mapping reads the stream with the function's role
+            _statement('ReadChangeStream', ['dynamodb:DescribeStream', 'dynamodb:GetRecords',
+                                            'dynamodb:GetShardIterator',
+                                            'dynamodb:ListStreams'],
+                       _sub('${%s.Arn}/stream/*' % TABLE)),
+            # ... and sends what keeps failing to the OnFailure destination.
+            _statement('StreamFailuresToDeadLetterQueue', ['sqs:SendMessage'],
+                       {'Fn::GetAtt': [CHANGES_DEAD_LETTERS, 'Arn']}),
+            _statement('PublishChangeEvents', ['sns:Publish'], {'Ref': TOPIC}),
+            _statement('EncryptChangeEventsWithTheSnsKey', ['kms:Decrypt', 'kms:GenerateDataKey'],
+                       _sub(ACCOUNT % ('kms', 'key/*')),
+                       {'StringEquals': {
+                           'kms:ViaService': _sub('sns.${AWS::Region}.amazonaws.com'),
+                           'kms:EncryptionContext:aws:sns:topicArn': {'Ref': TOPIC}}}),
+        ]
+    if function == SCHEDULED_EXPORT:
+        return [_table(function), _objects('WriteExports', 's3:PutObject', 'exports/'),
+                _failed_events()]
+    raise KeyError(function)
+
+
+def policy(function, stage):
+    return {'Version': '2012-10-17',
+            'Statement': [_logs(function), _xray()] + statements(function, stage)}
+
+
+def build(stage):
+    """{function logical id: its policy document} for `stage`."""
+    return {function: policy(function, stage) for function in FUNCTIONS}
+
+
+def role_overrides(stage):
+    """Merge-template entries replacing each Chalice role's policy with its own."""
+    return {ROLES[function]: {'Properties': {'Policies': [{
+        'PolicyName': '%sPolicy' % ROLES[function], 'PolicyDocument': document}]}}
+        for function, document in build(stage).items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--stage', required=True, choices=['dev', 'prod'])
+    args = parser.parse_args(argv)
+    json.dump(build(args.stage), sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write('\n')
+
+
+if __name__ == '__main__':
+    main()

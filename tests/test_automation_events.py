@@ -86,8 +86,9 @@ def test_stream_records_of_cars_are_published_and_others_ignored(
     _, received = topic
 
     with Client(app) as client:
-        client.lambda_.invoke('publish_changes', {'Records': records})
+        outcome = client.lambda_.invoke('publish_changes', {'Records': records}).payload
 
+    assert outcome == {'batchItemFailures': []}
     got = received()
     assert [e['type'] for e in got] == ['car.created', 'car.updated', 'car.updated',
                                         'car.deleted']
@@ -160,4 +161,73 @@ def test_a_stream_batch_without_cars_publishes_nothing():
     record = {'eventID': '1', 'eventName': 'INSERT', 'dynamodb': {
         'Keys': {'pk': {'S': 'IDEMPOTENCY#x'}, 'sk': {'S': 'KEY'}},
         'NewImage': {'pk': {'S': 'IDEMPOTENCY#x'}, 'sk': {'S': 'KEY'}}}}
-    assert automation.publish_stream_records([record], sns=object(), topic='arn') == 0
+    assert automation.publish_stream_records([record], sns=object(), topic='arn') == {
+        'batchItemFailures': []}
+
+
+class RefusingSNS(object):
+    """moto's SNS, except that PublishBatch refuses the entries whose car_id is in
+    `refuse` (SNS answers such a request with those entries under Failed)."""
+
+    def __init__(self, client, refuse):
+        self.client, self.refuse = client, set(refuse)
+
+    def publish_batch(self, TopicArn, PublishBatchRequestEntries):
+        def refused(entry):
+            return entry['MessageAttributes']['car_id']['StringValue'] in self.refuse
+        sent = [e for e in PublishBatchRequestEntries if not refused(e)]
+        result = self.client.publish_batch(TopicArn=TopicArn, PublishBatchRequestEntries=sent) \
+            if sent else {'Successful': []}
+        result['Failed'] = [{'Id': e['Id'], 'Code': 'InternalError', 'SenderFault': False}
+                            for e in PublishBatchRequestEntries if refused(e)]
+        return result
+
+
+def three_cars_changed(store):
+    ids = [store.create(dict(COROLLA, model=m))['id'] for m in ('A', 'B', 'C')]
+    store.update(ids[0], {'color': 'red'})
+    return ids
+
+
+def test_a_refused_event_reports_its_record_and_the_records_before_it_are_kept(
+        dynamodb_table_with_stream, dynamodb_endpoint, monkeypatch, topic):
+    monkeypatch.setenv('CARS_STORE', 'dynamodb')
+    first, second, third = three_cars_changed(get_store())
+    records = [r for r in stream_records(dynamodb_endpoint, dynamodb_table_with_stream)
+               if r['dynamodb']['Keys']['pk']['S'] == 'CAR']
+    assert [r['eventName'] for r in records] == ['INSERT', 'INSERT', 'INSERT', 'MODIFY']
+    sns, received = topic
+    monkeypatch.setattr(automation, '_aws_client', lambda service: RefusingSNS(sns, [second]))
+
+    with Client(app) as client:
+        outcome = client.lambda_.invoke('publish_changes', {'Records': records}).payload
+
+    # Lambda checkpoints before the first refused record and retries from it.
+    assert outcome == {'batchItemFailures': [
+        {'itemIdentifier': records[1]['dynamodb']['SequenceNumber']}]}
+    assert [(e['type'], e['car_id']) for e in received()] == [
+        ('car.created', first), ('car.created', third), ('car.updated', first)]
+
+    # The retry (from the reported record on) publishes the rest.
+    monkeypatch.setattr(automation, '_aws_client', lambda service: sns)
+    with Client(app) as client:
+        assert client.lambda_.invoke('publish_changes', {'Records': records[1:]}).payload == {
+            'batchItemFailures': []}
+    assert [e['car_id'] for e in received()][:1] == [second]
+
+
+def test_a_topic_that_is_gone_reports_the_first_car_record(
+        dynamodb_table_with_stream, dynamodb_endpoint, monkeypatch, topic):
+    monkeypatch.setenv('CARS_STORE', 'dynamodb')
+    three_cars_changed(get_store())
+    records = stream_records(dynamodb_endpoint, dynamodb_table_with_stream)
+    sns, received = topic
+    sns.delete_topic(TopicArn=automation.topic_arn())
+
+    with Client(app) as client:
+        outcome = client.lambda_.invoke('publish_changes', {'Records': records}).payload
+
+    first_car = next(r for r in records if r['dynamodb']['Keys']['pk']['S'] == 'CAR')
+    assert outcome == {'batchItemFailures': [
+        {'itemIdentifier': first_car['dynamodb']['SequenceNumber']}]}
+    assert received() == []

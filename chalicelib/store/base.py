@@ -40,6 +40,20 @@ class AlsoRefused(Exception):
     """The write given as `also=` was refused (its condition failed): no car was written."""
 
 
+class WriteIncomplete(Exception):
+    """A bulk write gave up (attempts or time ran out) with some cars unwritten.
+
+    `written` is how many were written; `unwritten` the ids that were not.
+    Nothing is lost silently: the caller reports these ids.
+    """
+
+    def __init__(self, written, unwritten, reason):
+        super().__init__('%d car(s) not written: %s' % (len(unwritten), reason))
+        self.written = written
+        self.unwritten = list(unwritten)
+        self.reason = reason
+
+
 class Store(object):
     kind = None
 
@@ -77,7 +91,10 @@ class Store(object):
         raise NotImplementedError
 
     def put_many(self, cars):
-        """Create or replace many validated cars (each with an id); return how many."""
+        """Create or replace many validated cars (each with an id); return how many.
+
+        Raises WriteIncomplete when the store gives up on some of them.
+        """
         raise NotImplementedError
 
     def count(self):

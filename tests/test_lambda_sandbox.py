@@ -200,11 +200,19 @@ def aws(service, endpoint):
 
 
 @pytest.fixture
-def resources(dynamodb_endpoint, moto_endpoint):
-    """Fresh stand-ins for the stage's resources: table (with its stream), bucket, topic
-    (with a queue subscribed to read what was published) and the token parameter."""
+def with_stream():
+    """Asked for by a test that reads the table's stream (see `resources`)."""
+
+
+@pytest.fixture
+def resources(request, dynamodb_endpoint, moto_endpoint):
+    """Fresh stand-ins for the stage's resources: table, bucket, topic (with a queue
+    subscribed to read what was published) and the token parameter. The table's stream
+    is on only for tests that ask `with_stream`: DynamoDB Local keeps stream records of
+    deleted tables too and slows down for the rest of the session (tests/stores.py)."""
     from stores import new_dynamodb_table
-    ddb, table = new_dynamodb_table(dynamodb_endpoint, stream=True)
+    ddb, table = new_dynamodb_table(dynamodb_endpoint,
+                                    stream='with_stream' in request.fixturenames)
     suffix = uuid.uuid4().hex[:8]
     s3, sns, sqs, ssm = (aws(s, moto_endpoint) for s in ('s3', 'sns', 'sqs', 'ssm'))
     bucket = 'cars-sandbox-' + suffix
@@ -308,8 +316,8 @@ def rest_event(method, path, resource, path_parameters=None, body=None, headers=
         'extendedRequestId': 'Xyz1AbCdIAMEcQ=', 'requestTime': '01/Dec/2026:07:00:00 +0000',
         'path': '/%s%s' % (API_STAGE, path), 'accountId': ACCOUNT, 'protocol': 'HTTP/1.1',
         'stage': API_STAGE, 'domainPrefix': 'abcdef1234', 'requestTimeEpoch': 1796108400000,
-        'requestId': str(uuid.uuid4()), 'domainName': 'abcdef1234.execute-api.us-east-1.amazonaws.com',
-        'apiId': 'abcdef1234',
+        'requestId': str(uuid.uuid4()), 'apiId': 'abcdef1234',
+        'domainName': 'abcdef1234.execute-api.us-east-1.amazonaws.com',
         'identity': {'cognitoIdentityPoolId': None, 'accountId': None, 'cognitoIdentityId': None,
                      'caller': None, 'sourceIp': '203.0.113.7', 'principalOrgId': None,
                      'accessKey': None, 'cognitoAuthenticationType': None,
@@ -537,7 +545,8 @@ def test_the_import_function_decodes_the_key_and_writes_rows_and_report(invoke, 
     assert body_of(read)['make'] == 'Škoda'
 
 
-def test_the_stream_function_publishes_inserts_updates_and_removes(invoke, resources):
+def test_the_stream_function_publishes_inserts_updates_and_removes(with_stream, invoke,
+                                                                    resources):
     auth = {'Content-Type': 'application/json', 'Authorization': 'Bearer ' + TOKEN}
     created, = invoke('app.app', rest_event('POST', '/api/v1/cars', '/api/v1/cars',
                                             body=json.dumps(COROLLA), headers=auth,

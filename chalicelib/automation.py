@@ -470,10 +470,6 @@ def ingest_messages(records, store=None):
 
 # --- change events ----------------------------------------------------------------------------
 
-class PublishFailed(Exception):
-    pass
-
-
 def _entries(evts):
     return [{'Id': str(i),
              'Message': json.dumps(e, ensure_ascii=False, separators=(',', ':')),
@@ -481,24 +477,6 @@ def _entries(evts):
              'MessageAttributes': {'type': {'DataType': 'String', 'StringValue': e['type']},
                                    'car_id': {'DataType': 'String', 'StringValue': e['car_id']}}}
             for i, e in enumerate(evts)]
-
-
-def publish_events(evts, sns=None, topic=None):
-    """Publish events to SNS with PublishBatch, 10 a request; return how many."""
-    if not evts:
-        return 0
-    sns = sns or _aws_client('sns')
-    topic = topic or topic_arn()
-    for start in range(0, len(evts), SNS_BATCH):
-        chunk = evts[start:start + SNS_BATCH]
-        entries = _entries(chunk)
-        result = sns.publish_batch(TopicArn=topic, PublishBatchRequestEntries=entries)
-        if result.get('Failed'):
-            # Raising makes Lambda retry the stream batch: events are delivered at
-            # least once, and the stream's eventID lets consumers drop repeats.
-            raise PublishFailed('SNS refused %d of %d events: %s' % (
-                len(result['Failed']), len(chunk), result['Failed'][:3]))
-    return len(evts)
 
 
 def publish_stream_records(records, sns=None, topic=None):

@@ -138,23 +138,33 @@ class CountingSNS(object):
         return self.client.publish_batch(**kwargs)
 
 
-def fake_event(n):
-    car = dict(COROLLA, id='%04d' % (1111 + n), version=1, created_at='t', updated_at='t')
-    return events.build_event(None, car, 'e%d' % n, 'dynamodb')
+def fake_record(n):
+    """A stream INSERT record of one car, as Lambda delivers it."""
+    from chalicelib.store.dynamodb import to_item
+    car = dict(COROLLA, id='%04d' % (1111 + n), version=1, rev='r', created_at='t',
+               updated_at='t')
+    item = to_item(car)
+    return {'eventID': 'e%d' % n, 'eventName': 'INSERT', 'eventSource': 'aws:dynamodb',
+            'dynamodb': {'Keys': {'pk': item['pk'], 'sk': item['sk']}, 'NewImage': item,
+                         'SequenceNumber': '%021d' % (100 + n)}}
 
 
 def test_events_are_published_ten_a_request(topic):
     sns, received = topic
     counting = CountingSNS(sns)
-    assert automation.publish_events([fake_event(n) for n in range(23)], sns=counting) == 23
+    assert automation.publish_stream_records([fake_record(n) for n in range(23)],
+                                             sns=counting) == {'batchItemFailures': []}
     assert counting.calls == [10, 10, 3]
     assert len(received()) == 23
 
 
-def test_a_refused_publish_raises_so_lambda_retries_the_batch(topic):
+def test_a_refused_request_stops_publishing_and_reports_its_first_record(topic):
     sns, _ = topic
-    with pytest.raises(automation.PublishFailed):
-        automation.publish_events([fake_event(1)], sns=CountingSNS(sns, fail=True))
+    counting = CountingSNS(sns, fail=True)
+    records = [fake_record(n) for n in range(23)]
+    assert automation.publish_stream_records(records, sns=counting) == {
+        'batchItemFailures': [{'itemIdentifier': records[0]['dynamodb']['SequenceNumber']}]}
+    assert counting.calls == [10]
 
 
 def test_a_stream_batch_without_cars_publishes_nothing():

@@ -271,7 +271,8 @@ def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH, deadlin
             give_up(chunk, stopped)
             continue
         try:
-            store.put_many([{k: f.get(k) for k in COLUMNS} for _, f in chunk])
+            store.put_many([{k: f.get(k) for k in COLUMNS} for _, f in chunk],
+                           deadline=deadline)
         except WriteIncomplete as e:
             stopped = e.reason
             missing = set(e.unwritten)

@@ -163,11 +163,11 @@ def test_an_import_interrupted_half_way_and_run_again_loses_and_doubles_nothing(
     real_put_many, real_create = kind.put_many, kind.create
     calls = collections.Counter()
 
-    def dying_put_many(self, items):
+    def dying_put_many(self, items, deadline=None):
         calls['put_many'] += 1
         if calls['put_many'] == 2:   # after the first batch of 500
             raise Interrupted()
-        return real_put_many(self, items)
+        return real_put_many(self, items, deadline)
 
     monkeypatch.setattr(kind, 'put_many', dying_put_many)
     with pytest.raises(Interrupted):
@@ -249,13 +249,27 @@ def test_put_many_gives_up_after_its_attempts_and_names_the_cars_not_written(mon
     assert sorted(refused.value.unwritten) == ids and refused.value.written == 0
 
 
+def test_put_many_sends_no_request_after_the_callers_deadline():
+    import time
+    from chalicelib.store.base import WriteIncomplete
+    from chalicelib.store.dynamodb import DynamoDBStore
+    store = DynamoDBStore('cars')
+    store._client = stub = UnprocessedForever()
+    with pytest.raises(WriteIncomplete, match='time for writing ran out') as refused:
+        store.put_many([{'id': '1111', 'make': 'Ford', 'model': 'Ka', 'year': 2001}],
+                       deadline=time.monotonic() - 1)
+    assert stub.batch_calls == 0 and refused.value.unwritten == ['1111']
+
+
 def test_put_many_sends_no_request_after_its_deadline(monkeypatch):
     from chalicelib.store.base import WriteIncomplete
     from chalicelib.store.dynamodb import DynamoDBStore
     store = DynamoDBStore('cars')
     store._client = stub = UnprocessedForever()
-    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_SECONDS', 0)
-    with pytest.raises(WriteIncomplete, match='time ran out'):
+    # The first request goes out; the pause before a second would pass the deadline.
+    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_SECONDS', 5)
+    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_BACKOFF', (10, 10))
+    with pytest.raises(WriteIncomplete, match='until the time ran out'):
         store.put_many([{'id': '1111', 'make': 'Ford', 'model': 'Ka', 'year': 2001}])
     assert stub.batch_calls == 1
 

@@ -90,10 +90,11 @@ class Store(object):
         """
         raise NotImplementedError
 
-    def put_many(self, cars):
+    def put_many(self, cars, deadline=None):
         """Create or replace many validated cars (each with an id); return how many.
 
-        Raises WriteIncomplete when the store gives up on some of them.
+        Raises WriteIncomplete when the store gives up on some of them (it may
+        stop retrying at `deadline`, a time.monotonic() value).
         """
         raise NotImplementedError
 

@@ -341,7 +341,7 @@ class DynamoDBStore(Store):
             kwargs['ExpressionAttributeValues'] = values
         return self._existing_car_write(car_id, self.client.delete_item, **kwargs)
 
-    def put_many(self, items):
+    def put_many(self, items, deadline=None):
         """BatchWriteItem, 25 a request; unprocessed items retried, within bounds.
 
         A batch write cannot be conditional, so a replaced car starts again at
@@ -351,7 +351,8 @@ class DynamoDBStore(Store):
         (ProvisionedThroughputExceeded, 5xx) up to its max_attempts. What it does
         not retry is a request that succeeds with UnprocessedItems, so that is
         all this loop resends: at most PUT_MANY_ATTEMPTS requests per batch of
-        25 and no new request after PUT_MANY_SECONDS. When either runs out, the
+        25 and no new request after PUT_MANY_SECONDS, or after `deadline` (a
+        time.monotonic() value) if that comes first. When either runs out, the
         cars not written are raised in WriteIncomplete for the caller to report.
         """
         now = now_iso()
@@ -365,7 +366,8 @@ class DynamoDBStore(Store):
             record.update(id=fields['id'], version=1, rev=cars.new_revision(),
                           created_at=now, updated_at=now)
             requests.append({'PutRequest': {'Item': to_item(record)}})
-        deadline = time.monotonic() + self.PUT_MANY_SECONDS
+        own = time.monotonic() + self.PUT_MANY_SECONDS
+        deadline = own if deadline is None else min(deadline, own)
         written, unwritten, reason = 0, [], None
         for start in range(0, len(requests), BATCH):
             pending = requests[start:start + BATCH]
@@ -385,6 +387,8 @@ class DynamoDBStore(Store):
         """Send one batch until written or out of bounds; return (left, why)."""
         delay, longest = self.PUT_MANY_BACKOFF
         for attempt in range(self.PUT_MANY_ATTEMPTS):
+            if not attempt and time.monotonic() > deadline:
+                return pending, 'the time for writing ran out'
             if attempt:
                 pause = delay + random.random() * delay
                 if time.monotonic() + pause > deadline:

@@ -199,7 +199,9 @@ def ingest_queue(event):
 
 @app.on_cw_event(automation.IMPORT_EVENT_PATTERN)
 def import_upload(event):
-    return automation.import_object_created(event.detail)
+    context = event.context
+    return automation.import_object_created(
+        event.detail, remaining_ms=context.get_remaining_time_in_millis() if context else None)
 
 
 @app.on_dynamodb_record(stream_arn=automation.STREAM_ARN_PLACEHOLDER, batch_size=100)

@@ -31,6 +31,8 @@ JSONL_EXTENSIONS = ('.jsonl', '.ndjson')
 # Bigger files than any inventory (6,561 cars is well under a megabyte).
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 WRITE_BATCH = 500
+# Time kept back from the Lambda timeout to write the import report.
+REPORT_MARGIN_SECONDS = 15
 SNS_BATCH = 10
 
 # Placeholders the deployment template replaces with the real resources; a
@@ -229,7 +231,7 @@ def _id_outcome(record):
     return {'id': record['id']}
 
 
-def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH):
+def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH, deadline=None):
     """Write validated rows; return (counts, row errors).
 
     Rows with an id are created or replaced with store.put_many, in batches.
@@ -237,18 +239,56 @@ def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH):
     each in one atomic write with an idempotency key made of `source` (the
     file's identity) and the row's line, so running an interrupted import again
     creates no car twice, wherever it was interrupted.
+
+    Nothing is dropped silently: when the store gives up on some rows
+    (WriteIncomplete), or `deadline` (a time.monotonic() value) passes, those
+    rows and every row not tried yet are listed as errors and counted in
+    `not_written`; the rest of the file is not tried, since a store that keeps
+    refusing would only use up the time left.
     """
-    with_id = [fields for _, fields in valid if 'id' in fields]
+    import time
+    from chalicelib.store.base import WriteIncomplete
+    with_id = [(line, fields) for line, fields in valid if 'id' in fields]
     without = [(line, fields) for line, fields in valid if 'id' not in fields]
-    counts = {'written': 0, 'created': 0, 'already_created': 0}
+    counts = {'written': 0, 'created': 0, 'already_created': 0, 'not_written': 0}
     errors = []
+    stopped = None
+
+    def give_up(rows, why):
+        counts['not_written'] += len(rows)
+        errors.extend({'line': line, 'field': 'id' if 'id' in fields else '',
+                       'message': 'not written: %s; upload the file again to write it'
+                       % why} for line, fields in rows)
+
+    def out_of_time():
+        return deadline is not None and time.monotonic() > deadline
+
     for start in range(0, len(with_id), batch):
         chunk = with_id[start:start + batch]
-        store.put_many([{k: f.get(k) for k in COLUMNS} for f in chunk])
-        counts['written'] += len(chunk)
+        if stopped is None and out_of_time():
+            stopped = 'the import ran out of time'
+        if stopped is not None:
+            give_up(chunk, stopped)
+            continue
+        try:
+            store.put_many([{k: f.get(k) for k in COLUMNS} for _, f in chunk],
+                           deadline=deadline)
+        except WriteIncomplete as e:
+            stopped = e.reason
+            missing = set(e.unwritten)
+            give_up([(line, f) for line, f in chunk if f['id'] in missing], e.reason)
+            counts['written'] += sum(1 for _, f in chunk if f['id'] not in missing)
+            log.error('import from %s: %s', source, e)
+        else:
+            counts['written'] += len(chunk)
         if progress:
             progress(len(chunk))
     for line, fields in without:
+        if stopped is None and out_of_time():
+            stopped = 'the import ran out of time'
+        if stopped is not None:
+            give_up([(line, fields)], stopped)
+            continue
         body = {k: fields[k] for k in cars.FIELDS}
         try:
             outcome, replayed = idempotency.create_once(
@@ -261,15 +301,23 @@ def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH):
             counts['written'] += 1
         if progress:
             progress(1)
+    if stopped is not None:
+        log.error('import from %s stopped: %s; %d row(s) not written', source, stopped,
+                  counts['not_written'])
     return counts, errors
 
 
-def import_data(store, name, data, source=None, progress=None):
-    """Import a file's bytes, writing the valid rows; return the report dict."""
+def import_data(store, name, data, source=None, progress=None, deadline=None):
+    """Import a file's bytes, writing the valid rows; return the report dict.
+
+    `status` is `imported`, `imported with errors` (some rows invalid or not
+    written: see `errors` and `not_written`) or `rejected`.
+    """
     import hashlib
     started = _now()
     report = {'file': name, 'started_at': started, 'rows': 0, 'valid': 0, 'invalid': 0,
-              'written': 0, 'created': 0, 'already_created': 0, 'errors': []}
+              'written': 0, 'created': 0, 'already_created': 0, 'not_written': 0,
+              'errors': []}
     try:
         rows = read_rows(name, data)
     except FileError as e:
@@ -280,13 +328,16 @@ def import_data(store, name, data, source=None, progress=None):
     valid, errors = validate_rows(rows)
     source = source or 'sha256:' + hashlib.sha256(
         data if isinstance(data, bytes) else data.encode('utf-8')).hexdigest()
-    counts, write_errors = import_valid(store, valid, source, progress)
+    counts, write_errors = import_valid(store, valid, source, progress, deadline=deadline)
     errors.extend(write_errors)
     errors.sort(key=lambda e: e['line'] or 0)
     report.update(counts)
+    # A valid row that was not written has an error too, but is not invalid.
     report.update(rows=len(rows), valid=len(valid),
-                  invalid=len({e['line'] for e in errors}), errors=errors,
-                  status='imported' if not errors else 'imported with errors',
+                  invalid=len({e['line'] for e in errors}) - counts['not_written'],
+                  errors=errors,
+                  status='incomplete' if counts['not_written'] else
+                  'imported with errors' if errors else 'imported',
                   finished_at=_now())
     return report
 
@@ -297,15 +348,28 @@ def report_key(object_key):
     return REPORT_PREFIX + relative + '.json'
 
 
-def import_object_created(detail, s3=None, store=None):
+def import_object_created(detail, s3=None, store=None, remaining_ms=None):
     """Import the object an S3 "Object Created" EventBridge event names.
 
     Valid rows are written and invalid ones listed in the report, written to
     reports/<path under imports/>.json: unattended, there is nobody to ask
     whether to refuse the whole file. Returns the report.
+
+    `remaining_ms` is the Lambda's time left (context.get_remaining_time_in_millis());
+    the import stops starting writes REPORT_MARGIN_SECONDS (at most a quarter
+    of that time) before it runs out, so the report is written and lists
+    the rows that were not.
     """
+    from urllib.parse import unquote_plus
     bucket = detail['bucket']['name']
-    key = detail['object']['key']
+    # S3 sends the key URL-encoded, as in a query string: "my cars.csv"
+    # arrives as "my+cars.csv", a literal "+" as "%2B", UTF-8 as %XX bytes.
+    key = unquote_plus(detail['object']['key'])
+    deadline = None
+    if remaining_ms is not None:
+        import time
+        remaining = max(remaining_ms / 1000.0, 0)
+        deadline = time.monotonic() + remaining - min(REPORT_MARGIN_SECONDS, remaining / 4)
     if not key.startswith(IMPORT_PREFIX) or key.endswith('/'):
         log.info('ignoring s3://%s/%s: not a file under %s', bucket, key, IMPORT_PREFIX)
         return None
@@ -321,12 +385,12 @@ def import_object_created(detail, s3=None, store=None):
         # The object's ETag names its content: the same upload retried (an
         # EventBridge redelivery, a Lambda retry) resumes instead of duplicating.
         source = 's3://%s/%s@%s' % (bucket, key, head.get('ETag', '').strip('"'))
-        report = import_data(store, key, data, source=source)
+        report = import_data(store, key, data, source=source, deadline=deadline)
     report['bucket'] = bucket
     s3.put_object(Bucket=bucket, Key=report_key(key), ContentType='application/json',
                   Body=json.dumps(report, indent=2, ensure_ascii=False).encode('utf-8'))
     log.info('imported s3://%s/%s: %s', bucket, key,
-             {k: report.get(k) for k in ('status', 'rows', 'written', 'invalid')})
+             {k: report.get(k) for k in ('status', 'rows', 'written', 'invalid', 'not_written')})
     return report
 
 
@@ -407,38 +471,52 @@ def ingest_messages(records, store=None):
 
 # --- change events ----------------------------------------------------------------------------
 
-class PublishFailed(Exception):
-    pass
-
-
-def publish_events(evts, sns=None, topic=None):
-    """Publish events to SNS with PublishBatch, 10 a request; return how many."""
-    if not evts:
-        return 0
-    sns = sns or _aws_client('sns')
-    topic = topic or topic_arn()
-    for start in range(0, len(evts), SNS_BATCH):
-        chunk = evts[start:start + SNS_BATCH]
-        entries = [{'Id': str(i),
-                    'Message': json.dumps(e, ensure_ascii=False, separators=(',', ':')),
-                    # Subscribers can filter on the type without parsing the body.
-                    'MessageAttributes': {'type': {'DataType': 'String', 'StringValue': e['type']},
-                                          'car_id': {'DataType': 'String',
-                                                     'StringValue': e['car_id']}}}
-                   for i, e in enumerate(chunk)]
-        result = sns.publish_batch(TopicArn=topic, PublishBatchRequestEntries=entries)
-        if result.get('Failed'):
-            # Raising makes Lambda retry the stream batch: events are delivered at
-            # least once, and the stream's eventID lets consumers drop repeats.
-            raise PublishFailed('SNS refused %d of %d events: %s' % (
-                len(result['Failed']), len(chunk), result['Failed'][:3]))
-    return len(evts)
+def _entries(evts):
+    return [{'Id': str(i),
+             'Message': json.dumps(e, ensure_ascii=False, separators=(',', ':')),
+             # Subscribers can filter on the type without parsing the body.
+             'MessageAttributes': {'type': {'DataType': 'String', 'StringValue': e['type']},
+                                   'car_id': {'DataType': 'String', 'StringValue': e['car_id']}}}
+            for i, e in enumerate(evts)]
 
 
 def publish_stream_records(records, sns=None, topic=None):
-    """Publish change events for the car records of a DynamoDB stream batch."""
-    evts = [e for e in (events.from_stream_record(r) for r in records) if e is not None]
-    return publish_events(evts, sns, topic)
+    """Publish change events for a DynamoDB stream batch; return Lambda's partial batch response.
+
+    Events go out in stream order, 10 a PublishBatch. At the first event SNS
+    refuses (an entry in Failed, or the whole request failing), publishing
+    stops and that record's SequenceNumber is reported as the batch item
+    failure: for streams, Lambda checkpoints the records before it and retries
+    from it (the template sets ReportBatchItemFailures). Records after it are
+    retried too, so an event may be delivered twice: consumers drop repeats by
+    `id` (the stream's eventID).
+    """
+    pairs = []
+    for record in records:
+        event = events.from_stream_record(record)
+        if event is not None:
+            pairs.append((record, event))
+    if not pairs:
+        return {'batchItemFailures': []}
+    sns = sns or _aws_client('sns')
+    topic = topic or topic_arn()
+    for start in range(0, len(pairs), SNS_BATCH):
+        chunk = pairs[start:start + SNS_BATCH]
+        try:
+            result = sns.publish_batch(TopicArn=topic, PublishBatchRequestEntries=_entries(
+                [event for _, event in chunk]))
+            refused = sorted(int(f['Id']) for f in result.get('Failed') or ())
+        except Exception:  # noqa: BLE001 - reported to Lambda, which retries from here
+            log.exception('publishing %d change event(s) failed', len(chunk))
+            refused = [0]
+        if refused:
+            record = chunk[refused[0]][0]
+            sequence = record.get('dynamodb', {}).get('SequenceNumber')
+            log.error('SNS refused %d of %d change event(s); Lambda retries the stream '
+                      'from record %s (event %s)', len(refused), len(chunk), sequence,
+                      record.get('eventID'))
+            return {'batchItemFailures': [{'itemIdentifier': sequence}]}
+    return {'batchItemFailures': []}
 
 
 # --- scheduled export -------------------------------------------------------------------------

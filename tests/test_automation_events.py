@@ -86,8 +86,9 @@ def test_stream_records_of_cars_are_published_and_others_ignored(
     _, received = topic
 
     with Client(app) as client:
-        client.lambda_.invoke('publish_changes', {'Records': records})
+        outcome = client.lambda_.invoke('publish_changes', {'Records': records}).payload
 
+    assert outcome == {'batchItemFailures': []}
     got = received()
     assert [e['type'] for e in got] == ['car.created', 'car.updated', 'car.updated',
                                         'car.deleted']
@@ -137,27 +138,106 @@ class CountingSNS(object):
         return self.client.publish_batch(**kwargs)
 
 
-def fake_event(n):
-    car = dict(COROLLA, id='%04d' % (1111 + n), version=1, created_at='t', updated_at='t')
-    return events.build_event(None, car, 'e%d' % n, 'dynamodb')
+def fake_record(n):
+    """A stream INSERT record of one car, as Lambda delivers it."""
+    from chalicelib.store.dynamodb import to_item
+    car = dict(COROLLA, id='%04d' % (1111 + n), version=1, rev='r', created_at='t',
+               updated_at='t')
+    item = to_item(car)
+    return {'eventID': 'e%d' % n, 'eventName': 'INSERT', 'eventSource': 'aws:dynamodb',
+            'dynamodb': {'Keys': {'pk': item['pk'], 'sk': item['sk']}, 'NewImage': item,
+                         'SequenceNumber': '%021d' % (100 + n)}}
 
 
 def test_events_are_published_ten_a_request(topic):
     sns, received = topic
     counting = CountingSNS(sns)
-    assert automation.publish_events([fake_event(n) for n in range(23)], sns=counting) == 23
+    assert automation.publish_stream_records([fake_record(n) for n in range(23)],
+                                             sns=counting) == {'batchItemFailures': []}
     assert counting.calls == [10, 10, 3]
     assert len(received()) == 23
 
 
-def test_a_refused_publish_raises_so_lambda_retries_the_batch(topic):
+def test_a_refused_request_stops_publishing_and_reports_its_first_record(topic):
     sns, _ = topic
-    with pytest.raises(automation.PublishFailed):
-        automation.publish_events([fake_event(1)], sns=CountingSNS(sns, fail=True))
+    counting = CountingSNS(sns, fail=True)
+    records = [fake_record(n) for n in range(23)]
+    assert automation.publish_stream_records(records, sns=counting) == {
+        'batchItemFailures': [{'itemIdentifier': records[0]['dynamodb']['SequenceNumber']}]}
+    assert counting.calls == [10]
 
 
 def test_a_stream_batch_without_cars_publishes_nothing():
     record = {'eventID': '1', 'eventName': 'INSERT', 'dynamodb': {
         'Keys': {'pk': {'S': 'IDEMPOTENCY#x'}, 'sk': {'S': 'KEY'}},
         'NewImage': {'pk': {'S': 'IDEMPOTENCY#x'}, 'sk': {'S': 'KEY'}}}}
-    assert automation.publish_stream_records([record], sns=object(), topic='arn') == 0
+    assert automation.publish_stream_records([record], sns=object(), topic='arn') == {
+        'batchItemFailures': []}
+
+
+class RefusingSNS(object):
+    """moto's SNS, except that PublishBatch refuses the entries whose car_id is in
+    `refuse` (SNS answers such a request with those entries under Failed)."""
+
+    def __init__(self, client, refuse):
+        self.client, self.refuse = client, set(refuse)
+
+    def publish_batch(self, TopicArn, PublishBatchRequestEntries):
+        def refused(entry):
+            return entry['MessageAttributes']['car_id']['StringValue'] in self.refuse
+        sent = [e for e in PublishBatchRequestEntries if not refused(e)]
+        result = self.client.publish_batch(TopicArn=TopicArn, PublishBatchRequestEntries=sent) \
+            if sent else {'Successful': []}
+        result['Failed'] = [{'Id': e['Id'], 'Code': 'InternalError', 'SenderFault': False}
+                            for e in PublishBatchRequestEntries if refused(e)]
+        return result
+
+
+def three_cars_changed(store):
+    ids = [store.create(dict(COROLLA, model=m))['id'] for m in ('A', 'B', 'C')]
+    store.update(ids[0], {'color': 'red'})
+    return ids
+
+
+def test_a_refused_event_reports_its_record_and_the_records_before_it_are_kept(
+        dynamodb_table_with_stream, dynamodb_endpoint, monkeypatch, topic):
+    monkeypatch.setenv('CARS_STORE', 'dynamodb')
+    first, second, third = three_cars_changed(get_store())
+    records = [r for r in stream_records(dynamodb_endpoint, dynamodb_table_with_stream)
+               if r['dynamodb']['Keys']['pk']['S'] == 'CAR']
+    assert [r['eventName'] for r in records] == ['INSERT', 'INSERT', 'INSERT', 'MODIFY']
+    sns, received = topic
+    monkeypatch.setattr(automation, '_aws_client', lambda service: RefusingSNS(sns, [second]))
+
+    with Client(app) as client:
+        outcome = client.lambda_.invoke('publish_changes', {'Records': records}).payload
+
+    # Lambda checkpoints before the first refused record and retries from it.
+    assert outcome == {'batchItemFailures': [
+        {'itemIdentifier': records[1]['dynamodb']['SequenceNumber']}]}
+    assert [(e['type'], e['car_id']) for e in received()] == [
+        ('car.created', first), ('car.created', third), ('car.updated', first)]
+
+    # The retry (from the reported record on) publishes the rest.
+    monkeypatch.setattr(automation, '_aws_client', lambda service: sns)
+    with Client(app) as client:
+        assert client.lambda_.invoke('publish_changes', {'Records': records[1:]}).payload == {
+            'batchItemFailures': []}
+    assert [e['car_id'] for e in received()][:1] == [second]
+
+
+def test_a_topic_that_is_gone_reports_the_first_car_record(
+        dynamodb_table_with_stream, dynamodb_endpoint, monkeypatch, topic):
+    monkeypatch.setenv('CARS_STORE', 'dynamodb')
+    three_cars_changed(get_store())
+    records = stream_records(dynamodb_endpoint, dynamodb_table_with_stream)
+    sns, received = topic
+    sns.delete_topic(TopicArn=automation.topic_arn())
+
+    with Client(app) as client:
+        outcome = client.lambda_.invoke('publish_changes', {'Records': records}).payload
+
+    first_car = next(r for r in records if r['dynamodb']['Keys']['pk']['S'] == 'CAR')
+    assert outcome == {'batchItemFailures': [
+        {'itemIdentifier': first_car['dynamodb']['SequenceNumber']}]}
+    assert received() == []

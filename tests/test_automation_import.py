@@ -37,11 +37,20 @@ def object_created(key, bucket=BUCKET):
     }
 
 
+def invoke_import(event, timeout=300):
+    """Call import_upload's Lambda entry point as Lambda does, with a context
+    whose time limit is the deployed function's (chalice.test.Client's context
+    always says 3 seconds, Lambda's default, and the import keeps to it)."""
+    from chalice.local import LambdaContext
+    with Client(app):
+        return app.handler_map['import_upload'](
+            event, LambdaContext('import_upload', 512, max_runtime_ms=timeout * 1000))
+
+
 def drop(s3, key, body):
     s3.put_object(Bucket=BUCKET, Key=key, Body=body.encode('utf-8') if isinstance(body, str)
                   else body)
-    with Client(app) as client:
-        client.lambda_.invoke('import_upload', object_created(key))
+    invoke_import(object_created(key))
     return json.loads(s3.get_object(Bucket=BUCKET, Key=automation.report_key(key))
                       ['Body'].read())
 
@@ -154,11 +163,11 @@ def test_an_import_interrupted_half_way_and_run_again_loses_and_doubles_nothing(
     real_put_many, real_create = kind.put_many, kind.create
     calls = collections.Counter()
 
-    def dying_put_many(self, items):
+    def dying_put_many(self, items, deadline=None):
         calls['put_many'] += 1
         if calls['put_many'] == 2:   # after the first batch of 500
             raise Interrupted()
-        return real_put_many(self, items)
+        return real_put_many(self, items, deadline)
 
     monkeypatch.setattr(kind, 'put_many', dying_put_many)
     with pytest.raises(Interrupted):
@@ -187,3 +196,112 @@ def test_an_import_interrupted_half_way_and_run_again_loses_and_doubles_nothing(
     assert len(stored) == 1260
     assert sorted(c['model'] for c in stored if c['make'] == 'Kia') == sorted(
         r['model'] for r in without)
+
+
+# --- keys as S3 sends them, and a store that keeps refusing ---------------------------------
+
+def s3_encoded(key):
+    """The key as S3 puts it in the event: URL-encoded like a query string value."""
+    from urllib.parse import quote_plus
+    return quote_plus(key, safe='/')
+
+
+def test_a_key_with_a_space_a_plus_and_an_accent_is_decoded_before_reading(store, s3):
+    key = 'imports/my cars+é.csv'
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b'id,make,model,year\n4321,Ford,Ka,2001\n')
+    event = object_created(s3_encoded(key))
+    assert event['detail']['object']['key'] == 'imports/my+cars%2B%C3%A9.csv'
+
+    invoke_import(event)
+
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key='reports/my cars+é.csv.json')
+                        ['Body'].read())
+    assert (report['file'], report['status'], report['written']) == (key, 'imported', 1)
+    assert store.get('4321')['make'] == 'Ford'
+
+
+class UnprocessedForever(object):
+    """A DynamoDB client whose BatchWriteItem succeeds but processes nothing
+    (what a throttled table answers); every other call goes to the real one."""
+
+    def __init__(self, real=None):
+        self.real, self.batch_calls = real, 0
+
+    def batch_write_item(self, RequestItems):
+        self.batch_calls += 1
+        return {'UnprocessedItems': RequestItems}
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_put_many_gives_up_after_its_attempts_and_names_the_cars_not_written(monkeypatch):
+    from chalicelib.store.base import WriteIncomplete
+    from chalicelib.store.dynamodb import DynamoDBStore
+    store = DynamoDBStore('cars')
+    store._client = stub = UnprocessedForever()
+    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_BACKOFF', (0.001, 0.002))
+    ids = cars.all_assignable_ids()[:30]
+    with pytest.raises(WriteIncomplete) as refused:
+        store.put_many([{'id': i, 'make': 'Ford', 'model': 'Ka', 'year': 2001} for i in ids])
+    # The first batch of 25 used up its attempts; the second was not tried.
+    assert stub.batch_calls == DynamoDBStore.PUT_MANY_ATTEMPTS
+    assert sorted(refused.value.unwritten) == ids and refused.value.written == 0
+
+
+def test_put_many_sends_no_request_after_the_callers_deadline():
+    import time
+    from chalicelib.store.base import WriteIncomplete
+    from chalicelib.store.dynamodb import DynamoDBStore
+    store = DynamoDBStore('cars')
+    store._client = stub = UnprocessedForever()
+    with pytest.raises(WriteIncomplete, match='time for writing ran out') as refused:
+        store.put_many([{'id': '1111', 'make': 'Ford', 'model': 'Ka', 'year': 2001}],
+                       deadline=time.monotonic() - 1)
+    assert stub.batch_calls == 0 and refused.value.unwritten == ['1111']
+
+
+def test_put_many_sends_no_request_after_its_deadline(monkeypatch):
+    from chalicelib.store.base import WriteIncomplete
+    from chalicelib.store.dynamodb import DynamoDBStore
+    store = DynamoDBStore('cars')
+    store._client = stub = UnprocessedForever()
+    # The first request goes out; the pause before a second would pass the deadline.
+    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_SECONDS', 5)
+    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_BACKOFF', (10, 10))
+    with pytest.raises(WriteIncomplete, match='until the time ran out'):
+        store.put_many([{'id': '1111', 'make': 'Ford', 'model': 'Ka', 'year': 2001}])
+    assert stub.batch_calls == 1
+
+
+def test_a_throttled_import_reports_the_rows_not_written(dynamodb_table, monkeypatch, s3):
+    monkeypatch.setenv('CARS_STORE', 'dynamodb')
+    from chalicelib.store import get_store
+    from chalicelib.store.dynamodb import DynamoDBStore
+    store = get_store()
+    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_BACKOFF', (0.001, 0.002))
+    monkeypatch.setattr(store, '_client', UnprocessedForever(store.client))
+    rows = [{'id': i, 'make': 'Ford', 'model': 'Ka', 'year': 2001}
+            for i in cars.all_assignable_ids()[:3]] + [{'make': 'Kia', 'model': 'Rio',
+                                                        'year': 2012}]
+    s3.put_object(Bucket=BUCKET, Key='imports/throttled.csv', Body=csv_of(rows).encode())
+
+    outcome = invoke_import(object_created('imports/throttled.csv'))
+
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key='reports/throttled.csv.json')
+                        ['Body'].read())
+    assert outcome['status'] == report['status'] == 'incomplete'
+    assert (report['written'], report['not_written'], report['invalid']) == (0, 4, 0)
+    assert [e['line'] for e in report['errors']] == [2, 3, 4, 5]
+    assert all(e['message'].startswith('not written:') for e in report['errors'])
+
+
+def test_an_import_that_runs_out_of_lambda_time_writes_its_report(store, s3):
+    s3.put_object(Bucket=BUCKET, Key='imports/late.csv',
+                  Body=b'id,make,model,year\n4321,Ford,Ka,2001\n')
+    report = automation.import_object_created(
+        object_created('imports/late.csv')['detail'], s3=s3, store=store, remaining_ms=0)
+    assert (report['status'], report['written'], report['not_written']) == ('incomplete', 0, 1)
+    assert 'ran out of time' in report['errors'][0]['message']
+    assert store.get('4321') is None
+    assert s3.head_object(Bucket=BUCKET, Key='reports/late.csv.json')

@@ -47,6 +47,20 @@ class AlsoRefused(Exception):
     """The write given as `also=` was refused (its condition failed): no car was written."""
 
 
+class WriteIncomplete(Exception):
+    """A bulk write gave up (attempts or time ran out) with some cars unwritten.
+
+    `written` is how many were written; `unwritten` the ids that were not.
+    Nothing is lost silently: the caller reports these ids.
+    """
+
+    def __init__(self, written, unwritten, reason):
+        super().__init__('%d car(s) not written: %s' % (len(unwritten), reason))
+        self.written = written
+        self.unwritten = list(unwritten)
+        self.reason = reason
+
+
 class Store(object):
     kind = None
 
@@ -83,8 +97,12 @@ class Store(object):
         """
         raise NotImplementedError
 
-    def put_many(self, cars):
-        """Create or replace many validated cars (each with an id); return how many."""
+    def put_many(self, cars, deadline=None):
+        """Create or replace many validated cars (each with an id); return how many.
+
+        Raises WriteIncomplete when the store gives up on some of them (it may
+        stop retrying at `deadline`, a time.monotonic() value).
+        """
         raise NotImplementedError
 
     def count(self):

@@ -19,7 +19,7 @@ import threading
 import time
 
 from chalicelib import cars, config
-from chalicelib.store.base import ABSENT_ONLY, AlsoRefused, Store, now_iso
+from chalicelib.store.base import ABSENT_ONLY, AlsoRefused, Store, WriteIncomplete, now_iso
 
 CAR_PK = 'CAR'
 _TEXT = cars.TEXT_FILTERS
@@ -347,11 +347,19 @@ class DynamoDBStore(Store):
         return self._existing_car_write(car_id, only_if_absent, self.client.delete_item,
                                         **kwargs)
 
-    def put_many(self, items):
-        """BatchWriteItem, 25 a request; unprocessed items retried with backoff.
+    def put_many(self, items, deadline=None):
+        """BatchWriteItem, 25 a request; unprocessed items retried, within bounds.
 
         A batch write cannot be conditional, so a replaced car starts again at
         version 1 (with a new revision, so old ETags no longer match).
+
+        botocore's retry mode already retries a throttled or failed request
+        (ProvisionedThroughputExceeded, 5xx) up to its max_attempts. What it does
+        not retry is a request that succeeds with UnprocessedItems, so that is
+        all this loop resends: at most PUT_MANY_ATTEMPTS requests per batch of
+        25 and no new request after PUT_MANY_SECONDS, or after `deadline` (a
+        time.monotonic() value) if that comes first. When either runs out, the
+        cars not written are raised in WriteIncomplete for the caller to report.
         """
         now = now_iso()
         latest = {}
@@ -364,16 +372,38 @@ class DynamoDBStore(Store):
             record.update(id=fields['id'], version=1, rev=cars.new_revision(),
                           created_at=now, updated_at=now)
             requests.append({'PutRequest': {'Item': to_item(record)}})
-        written = 0
+        own = time.monotonic() + self.PUT_MANY_SECONDS
+        deadline = own if deadline is None else min(deadline, own)
+        written, unwritten, reason = 0, [], None
         for start in range(0, len(requests), BATCH):
             pending = requests[start:start + BATCH]
-            delay = 0.05
-            while pending:
-                result = self.client.batch_write_item(RequestItems={self.table: pending})
-                left = result.get('UnprocessedItems', {}).get(self.table, [])
-                written += len(pending) - len(left)
-                pending = left
-                if pending:
-                    time.sleep(delay + random.random() * delay)
-                    delay = min(delay * 2, 2.0)
-        return len(items) if written == len(requests) else written
+            if reason is None:
+                pending, reason = self._write_batch(pending, deadline)
+                written += min(BATCH, len(requests) - start) - len(pending)
+            unwritten.extend(r['PutRequest']['Item']['sk']['S'] for r in pending)
+        if unwritten:
+            raise WriteIncomplete(written, unwritten, reason)
+        return len(items)
+
+    PUT_MANY_ATTEMPTS = 8
+    PUT_MANY_SECONDS = 60.0
+    PUT_MANY_BACKOFF = (0.05, 2.0)   # first and longest pause, before jitter
+
+    def _write_batch(self, pending, deadline):
+        """Send one batch until written or out of bounds; return (left, why)."""
+        delay, longest = self.PUT_MANY_BACKOFF
+        for attempt in range(self.PUT_MANY_ATTEMPTS):
+            if not attempt and time.monotonic() > deadline:
+                return pending, 'the time for writing ran out'
+            if attempt:
+                pause = delay + random.random() * delay
+                if time.monotonic() + pause > deadline:
+                    return pending, 'DynamoDB left items unprocessed until the time ran out'
+                time.sleep(pause)
+                delay = min(delay * 2, longest)
+            result = self.client.batch_write_item(RequestItems={self.table: pending})
+            pending = result.get('UnprocessedItems', {}).get(self.table, [])
+            if not pending:
+                return pending, None
+        return pending, ('DynamoDB left items unprocessed after %d attempts'
+                         % self.PUT_MANY_ATTEMPTS)

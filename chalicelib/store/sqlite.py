@@ -274,8 +274,9 @@ class SqliteStore(Store):
             events.outbox_insert(c, current, None)
             return current
 
-    def put_many(self, items):
-        # One transaction: a bulk load is all or nothing, and fast.
+    def put_many(self, items, deadline=None):
+        # One transaction: a bulk load is all or nothing, and fast (no retries,
+        # so no use for the deadline).
         n = 0
         with self.transaction() as c:
             for fields in items:

@@ -117,7 +117,7 @@ def _drop_dangling(template):
                     resource['DependsOn'] = kept
                     touched.append('%s.DependsOn' % logical_id)
         dangling = [k for k, r in template['Resources'].items()
-                    if _targets(r, template) - known - outside]
+                    if _targets(r) - known - outside]
         if not dangling:
             break
         for logical_id in dangling:
@@ -125,7 +125,7 @@ def _drop_dangling(template):
         touched += dangling
     outputs = template.get('Outputs') or {}
     for key in [k for k, o in outputs.items()
-                if _targets(o, template) - set(template['Resources']) - outside]:
+                if _targets(o) - set(template['Resources']) - outside]:
         del outputs[key]
         touched.append('Outputs.%s' % key)
     return touched
@@ -167,12 +167,12 @@ def _parameters_and_pseudo(template):
     return set(template.get('Parameters') or {}) | PSEUDO
 
 
-def _targets(node, template, local=()):
+def _targets(node):
     """Every logical id `node` refers to (Ref, Fn::GetAtt, Fn::Sub, DependsOn)."""
     found = set()
     if isinstance(node, list):
         for item in node:
-            found |= _targets(item, template, local)
+            found |= _targets(item)
     elif isinstance(node, dict):
         for key, value in node.items():
             if key == 'Ref' and isinstance(value, str):
@@ -182,7 +182,7 @@ def _targets(node, template, local=()):
                 found.add(name)
             elif key == 'Fn::Sub':
                 text, variables = (value, {}) if isinstance(value, str) else value
-                found |= _targets(variables, template, local)
+                found |= _targets(variables)
                 for name in SUB_VARIABLE.findall(text):
                     name = name.split('.')[0] if not name.startswith('AWS::') else name
                     if name not in variables:
@@ -190,7 +190,7 @@ def _targets(node, template, local=()):
             elif key == 'DependsOn':
                 found |= {value} if isinstance(value, str) else set(value)
             else:
-                found |= _targets(value, template, local)
+                found |= _targets(value)
     return found
 
 
@@ -202,7 +202,7 @@ def unresolved_references(template):
     out = []
     for block in ('Resources', 'Outputs'):
         for node in (template.get(block) or {}).values():
-            out += [(block, name) for name in sorted(_targets(node, template) - known)]
+            out += [(block, name) for name in sorted(_targets(node) - known)]
     return out
 
 
@@ -382,11 +382,11 @@ class Emulator:
             NO_PROXY='127.0.0.1,localhost', no_proxy='127.0.0.1,localhost')
         return env
 
-    def make(self, *args, timeout=900):
+    def make(self, *args, env=None, timeout=900):
         # The venv is the one running this test: make must not rebuild it.
         cmd = ['make', '--no-print-directory', '-o', '.venv/.installed'] + list(args)
-        return subprocess.run(cmd, cwd=ROOT, env=self.env(), capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(cmd, cwd=ROOT, env=dict(self.env(), **(env or {})),
+                              capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope='module')
@@ -460,6 +460,32 @@ def test_make_deploy_creates_the_stack_in_the_profiles_region(deploy, emulator):
     assert 'to account %s in region %s' % (ACCOUNT, PROFILE_REGION) in deploy.created.stdout
     with pytest.raises(botocore.exceptions.ClientError):
         emulator.client('cloudformation', 'us-east-1').describe_stacks(StackName=deploy.stack)
+
+
+def test_aws_region_wins_over_aws_default_region_and_the_profile(deploy, emulator):
+    # The CLI v2 order; the v1 CLI ignores AWS_REGION, so the Makefile passes
+    # the region it announces to every call.
+    stack = deploy.stack + '-elsewhere'
+    result = emulator.make(
+        '-o', 'package', 'deploy', 'STAGE=%s' % deploy.stage, 'OUT=%s' % deploy.out,
+        'STACK=%s' % stack, 'ARTIFACT_BUCKET=%s' % ARTIFACT_BUCKET, 'SMOKE=0',
+        env={'AWS_REGION': 'ap-south-1', 'AWS_DEFAULT_REGION': 'sa-east-1'})
+    assert result.returncode == 0, _ran(result)
+    assert 'in region ap-south-1' in result.stdout
+    created = emulator.client('cloudformation', 'ap-south-1').describe_stacks(
+        StackName=stack)['Stacks'][0]
+    assert created['StackStatus'] == 'CREATE_COMPLETE'
+
+
+def test_make_deploy_without_any_region_stops_before_touching_aws(deploy, emulator, tmp_path):
+    (tmp_path / 'config').write_text('[default]\n')
+    result = emulator.make(
+        '-o', 'package', 'deploy', 'STAGE=%s' % deploy.stage, 'OUT=%s' % deploy.out,
+        'ARTIFACT_BUCKET=%s' % ARTIFACT_BUCKET, 'SMOKE=0',
+        env={'AWS_CONFIG_FILE': str(tmp_path / 'config')})
+    assert result.returncode == 2
+    assert 'no AWS region' in result.stderr
+    assert 'aws cloudformation' not in result.stderr
 
 
 def test_make_deploy_prints_the_endpoint_from_the_stack_outputs(deploy):

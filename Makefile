@@ -55,9 +55,9 @@ clean:
 # --- deployment (deploy/, .chalice/) -----------------------------------------
 # `make package STAGE=prod` writes out/sam.json and out/deployment.zip (python3.13
 # on arm64: wheels for it come from PyPI). Packaging talks to no AWS service;
-# the region only fills in Chalice's template.
+# deploy/package.py gives Chalice a region of its own, so no region is set
+# here: `make deploy` must use the caller's.
 OUT ?= out
-export AWS_DEFAULT_REGION ?= us-east-1
 
 .PHONY: package
 package: $(VENV)/.installed
@@ -75,19 +75,44 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/cfn-lint out/dev/sam.json out/prod/sam.json out/dev/cfn.json out/prod/cfn.json
 
 # Needs AWS credentials and the AWS CLI (not part of the Lambda package), and
-# an S3 bucket for the code: make deploy STAGE=prod ARTIFACT_BUCKET=my-bucket
+# an S3 bucket for the code in the target region:
+#   make deploy STAGE=prod ARTIFACT_BUCKET=my-bucket [CORS_ORIGINS=...] [SMOKE=0]
+# The region is the caller's (AWS_REGION, else AWS_DEFAULT_REGION, else the
+# profile's: the CLI v2 order), printed with the account before anything
+# starts and passed to every call, so the stack lands where it says. The
+# packaged template is over CloudFormation's 51,200-byte limit for inline
+# templates, so `deploy` uploads it to the bucket as well. Last, the smoke test
+# runs against the new endpoint (SMOKE=0 skips it).
 STACK ?= cars-$(STAGE)
+SMOKE ?= 1
 .PHONY: deploy
 deploy: package
-	@test -n "$(ARTIFACT_BUCKET)" || { echo "set ARTIFACT_BUCKET=<an S3 bucket for the code>" >&2; exit 2; }
-	aws cloudformation package --template-file $(OUT)/sam.json \
+	@set -eu; \
+	test -n "$(ARTIFACT_BUCKET)" || { echo "set ARTIFACT_BUCKET=<an S3 bucket for the code>" >&2; exit 2; }; \
+	region="$${AWS_REGION:-$${AWS_DEFAULT_REGION:-$$(aws configure get region || true)}}"; \
+	test -n "$$region" || { echo "no AWS region: set one in your profile (aws configure), or AWS_REGION" >&2; exit 2; }; \
+	account="$$(aws sts get-caller-identity --region "$$region" --query Account --output text)"; \
+	echo "deploying stack $(STACK) (stage $(STAGE)) to account $$account in region $$region"; \
+	set -x; \
+	aws cloudformation package --region "$$region" --template-file $(OUT)/sam.json \
 		--s3-bucket $(ARTIFACT_BUCKET) --s3-prefix $(STACK) \
-		--output-template-file $(OUT)/packaged.json --use-json
-	aws cloudformation deploy --template-file $(OUT)/packaged.json --stack-name $(STACK) \
+		--output-template-file $(OUT)/packaged.json --use-json; \
+	aws cloudformation deploy --region "$$region" --template-file $(OUT)/packaged.json \
+		--stack-name $(STACK) --s3-bucket $(ARTIFACT_BUCKET) --s3-prefix $(STACK) \
 		--capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset \
-		$(if $(CORS_ORIGINS),--parameter-overrides CorsOrigins=$(CORS_ORIGINS))
-	@aws cloudformation describe-stacks --stack-name $(STACK) \
-		--query "Stacks[0].Outputs[?OutputKey=='EndpointURL'].OutputValue" --output text
+		$(if $(CORS_ORIGINS),--parameter-overrides 'CorsOrigins=$(CORS_ORIGINS)'); \
+	url="$$(aws cloudformation describe-stacks --region "$$region" --stack-name $(STACK) \
+		--query "Stacks[0].Outputs[?OutputKey=='EndpointURL'].OutputValue" --output text)"; \
+	{ set +x; } 2>/dev/null; \
+	case "$$url" in https://*) ;; *) echo "stack $(STACK) has no EndpointURL output" >&2; exit 1;; esac; \
+	echo "endpoint: $$url"; echo "$$url" > $(OUT)/endpoint.url
+# (make runs a line that starts a sub-make even under `make -n`: kept apart.)
+	@if [ "$(SMOKE)" != 0 ]; then $(MAKE) --no-print-directory smoke URL="$$(cat $(OUT)/endpoint.url 2>/dev/null)"; fi
+
+# Placeholder until the smoke-test target is merged (`make smoke URL=... [TOKEN=...]`).
+.PHONY: smoke
+smoke:
+	@echo "smoke test of $(URL): no smoke target yet (placeholder)"
 
 # Benchmarks, side by side with their references, as ratios; prints one table
 # (also kept in bench/results/). wrk is a Debian package; installed if missing.

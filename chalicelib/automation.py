@@ -17,7 +17,7 @@ import logging
 import os
 import posixpath
 
-from chalicelib import cars, config, events, idempotency
+from chalicelib import cars, config, events, idempotency, observability
 from chalicelib.store import get_store
 
 log = logging.getLogger('cars.automation')
@@ -325,8 +325,14 @@ def import_object_created(detail, s3=None, store=None):
     report['bucket'] = bucket
     s3.put_object(Bucket=bucket, Key=report_key(key), ContentType='application/json',
                   Body=json.dumps(report, indent=2, ensure_ascii=False).encode('utf-8'))
-    log.info('imported s3://%s/%s: %s', bucket, key,
-             {k: report.get(k) for k in ('status', 'rows', 'written', 'invalid')})
+    summary = {k: report.get(k) for k in ('status', 'rows', 'written', 'invalid')}
+    observability.count('ImportRowsWritten', report.get('written') or 0)
+    observability.count('ImportRowsRefused', report.get('invalid') or 0)
+    if report['errors']:
+        log.warning('imported s3://%s/%s, refusing rows (see %s): %s', bucket, key,
+                    report_key(key), summary)
+    else:
+        log.info('imported s3://%s/%s: %s', bucket, key, summary)
     return report
 
 
@@ -380,28 +386,37 @@ def ingest_messages(records, store=None):
     the batch is kept: a transient failure (store busy, throttled) is retried
     by SQS; an invalid car fails every time and, after the queue's
     maxReceiveCount, lands in the dead-letter queue. Invalid cars are logged at
-    ERROR with their message id and field errors.
+    WARNING with their message id and field errors (the sender's mistake, not
+    ours: the dead-letter queue's alarm is the signal).
     """
     store = store or get_store()
     failures = []
+    rejected = 0
     for record in records:
         message_id = record['messageId']
+        observability.bind(messageId=message_id)
         try:
             ingest_one(store, message_id, record.get('body'))
         except BadMessage as e:
-            log.error('rejected message %s (it will reach the dead-letter queue): %s',
-                      message_id, e)
+            log.warning('rejected message %s (it will reach the dead-letter queue): %s',
+                        message_id, e)
             failures.append(message_id)
+            rejected += 1
         except idempotency.KeyInFlight:
             log.warning('message %s is being written by another delivery; retry later',
                         message_id)
             failures.append(message_id)
         except cars.CarError as e:
-            log.error('message %s not written: %s', message_id, e)
+            log.warning('message %s not written: %s', message_id, e)
             failures.append(message_id)
+            rejected += 1
         except Exception:  # noqa: BLE001 - the message is retried, never lost
             log.exception('message %s failed; SQS will retry it', message_id)
             failures.append(message_id)
+    observability.bind(messageId=None)
+    observability.count('IngestMessagesAccepted', len(records) - len(failures))
+    observability.count('IngestMessagesRejected', rejected)
+    observability.count('IngestMessagesRetried', len(failures) - rejected)
     return {'batchItemFailures': [{'itemIdentifier': m} for m in failures]}
 
 
@@ -428,6 +443,8 @@ def publish_events(evts, sns=None, topic=None):
                    for i, e in enumerate(chunk)]
         result = sns.publish_batch(TopicArn=topic, PublishBatchRequestEntries=entries)
         if result.get('Failed'):
+            log.warning('SNS refused %d of %d change events: %s', len(result['Failed']),
+                        len(chunk), ', '.join(chunk[int(f['Id'])]['id'] for f in result['Failed']))
             # Raising makes Lambda retry the stream batch: events are delivered at
             # least once, and the stream's eventID lets consumers drop repeats.
             raise PublishFailed('SNS refused %d of %d events: %s' % (
@@ -437,8 +454,16 @@ def publish_events(evts, sns=None, topic=None):
 
 def publish_stream_records(records, sns=None, topic=None):
     """Publish change events for the car records of a DynamoDB stream batch."""
-    evts = [e for e in (events.from_stream_record(r) for r in records) if e is not None]
-    return publish_events(evts, sns, topic)
+    evts = []
+    for r in records:
+        observability.bind(eventId=r.get('eventID'))
+        e = events.from_stream_record(r)
+        if e is not None:
+            evts.append(e)
+    observability.bind(eventId=None)
+    published = publish_events(evts, sns, topic)
+    observability.count('ChangeEventsPublished', published)
+    return published
 
 
 # --- scheduled export -------------------------------------------------------------------------

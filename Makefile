@@ -91,6 +91,16 @@ bench: $(VENV)/.installed node_modules/.installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
+# --- smoke test (deploy/smoke.py) ------------------------------------------------
+# One car's life against a running API, deleted even when a step fails:
+#   make smoke URL=https://<api>.execute-api.<region>.amazonaws.com/api TOKEN=<write token>
+# Without TOKEN the 401 step is skipped (only right for an API with open writes).
+# The token reaches the script through the environment, never a command line.
+.PHONY: smoke
+smoke:
+	@test -n "$(URL)" || { echo "set URL=<the API root, e.g. the stack's EndpointURL>" >&2; exit 2; }
+	@SMOKE_TOKEN="$$TOKEN" $(or $(wildcard $(VENV)/bin/python),python3) deploy/smoke.py "$(URL)"
+
 # --- API document, docs page and fuzzing ----------------------------------------
 # Headless Chromium renders the docs page in tests/test_docs_page.py; Debian's
 # packages, installed when missing (CI runs as root).

@@ -4,11 +4,12 @@ Logs. Deployed, the Lambda runtime writes every stdlib log record as one JSON
 object (the functions' LoggingConfig is JSON, see deploy/monitoring.py), and
 it adds every attribute of the record it does not know as a key of its own.
 So the ids that tie a line to its request or event are record attributes:
-`middleware` (registered on every handler in app.py) binds them in a
-contextvar when an invocation starts, and a LogRecord factory copies the
-bound ones onto each record made meanwhile, from any logger (a filter would
-see only the records of the logger it sits on, not its children's). The
-names:
+`middleware` (registered on every handler in app.py) puts the invocation's
+event in a contextvar, and a LogRecord factory copies the ids read from it,
+and those given to `bind`, onto each record made meanwhile, from any logger
+(a filter would see only the records of the logger it sits on, not its
+children's). The ids are read only when a line is logged, so a request that
+logs nothing pays for one contextvar set. The names:
 
     apiRequestId  API Gateway's requestContext.requestId, which the access log
                   writes as `requestId` (the runtime's own `requestId` key is
@@ -44,8 +45,43 @@ FIELDS = ('apiRequestId', 'carId', 'messageId', 'bucket', 'key', 'eventId')
 
 log = logging.getLogger('cars.ops')
 
-_fields = contextvars.ContextVar('cars_log_fields', default=None)
-_counts = contextvars.ContextVar('cars_metric_counts', default=None)
+_WRITE_METHODS = frozenset(('POST', 'PUT', 'PATCH', 'DELETE'))
+
+
+class _Invocation(object):
+    """What one invocation's log lines and metrics need.
+
+    The ids are read from the event only when a record is made: most
+    requests log nothing, and a request's budget is a few microseconds.
+    """
+    __slots__ = ('event', 'kind', 'bound', 'counts', '_fields')
+
+    def __init__(self, event=None):
+        self.event = event
+        self.kind = type(event).__name__
+        self.bound = None  # fields given to bind(): name -> value, None = removed
+        self.counts = None
+        self._fields = None
+
+    def fields(self):
+        if self._fields is None:
+            fields = _fields_of(self.event, self.kind) if self.event is not None else {}
+            if self.bound:
+                fields.update(self.bound)
+                fields = {k: v for k, v in fields.items() if v is not None}
+            self._fields = fields
+        return self._fields
+
+
+_current = contextvars.ContextVar('cars_invocation', default=None)
+
+
+def _invocation():
+    inv = _current.get()
+    if inv is None:  # outside any handler (the CLI, a test): one for this context
+        inv = _Invocation()
+        _current.set(inv)
+    return inv
 
 
 def bind(**fields):
@@ -56,18 +92,15 @@ def bind(**fields):
     unknown = set(fields) - set(FIELDS)
     if unknown:
         raise ValueError('unknown log fields: %s' % ', '.join(sorted(unknown)))
-    current = dict(_fields.get() or ())
-    for name, value in fields.items():
-        if value is None:
-            current.pop(name, None)
-        else:
-            current[name] = value
-    _fields.set(current)
+    inv = _invocation()
+    inv.bound = dict(inv.bound or (), **fields)
+    inv._fields = None
 
 
 def bound():
     """The fields bound now (a copy)."""
-    return dict(_fields.get() or ())
+    inv = _current.get()
+    return dict(inv.fields()) if inv is not None else {}
 
 
 _make_record = logging.getLogRecordFactory()
@@ -75,9 +108,9 @@ _make_record = logging.getLogRecordFactory()
 
 def _record_with_fields(*args, **kwargs):
     record = _make_record(*args, **kwargs)
-    fields = _fields.get()
-    if fields:
-        record.__dict__.update(fields)
+    inv = _current.get()
+    if inv is not None:
+        record.__dict__.update(inv.fields())
     return record
 
 
@@ -88,9 +121,12 @@ logging.setLogRecordFactory(_record_with_fields)
 
 def count(name, value=1):
     """Add `value` to the metric `name` of this invocation (no-op outside one)."""
-    counts = _counts.get()
-    if counts is not None:
-        counts[name] = counts.get(name, 0) + value
+    inv = _current.get()
+    if inv is None or inv.event is None:
+        return
+    if inv.counts is None:
+        inv.counts = {}
+    inv.counts[name] = inv.counts.get(name, 0) + value
 
 
 def metrics_enabled():
@@ -120,53 +156,52 @@ def emf_line(counts, fields=None, now=None):
 
 def flush():
     """Write this invocation's counts as one EMF line, then start counting afresh."""
-    counts = _counts.get()
-    if not counts:
+    inv = _current.get()
+    if inv is None or not inv.counts:
         return
-    _counts.set({})
+    counts, inv.counts = inv.counts, None
     if metrics_enabled():
         # stdout, not a logger: the runtime would wrap a log record in its own
         # JSON, and CloudWatch reads EMF only from a top-level object.
-        sys.stdout.write(emf_line(counts, _fields.get()) + '\n')
+        sys.stdout.write(emf_line(counts, inv.fields()) + '\n')
         sys.stdout.flush()
 
 
 # --- the middleware ---------------------------------------------------------------
 
 def middleware(event, get_response):
-    """For every handler: bind the invocation's ids, log writes, flush the metrics."""
-    fields_token = _fields.set(_fields_of(event))
-    counts_token = _counts.set({})
+    """For every handler: its ids for the log lines, one line per write, the metrics."""
+    inv = _Invocation(event)
+    token = _current.set(inv)
     try:
         try:
             response = get_response(event)
         except Exception:
             # The runtime reports it too, but without the ids bound here (the
             # record or message being handled); Lambda still sees it raised.
-            log.exception('%s handler failed', type(event).__name__)
+            log.exception('%s handler failed', inv.kind)
             raise
-        if type(event).__name__ == 'Request':
+        if inv.kind == 'Request' and event.method in _WRITE_METHODS:
             _record_write(event, response)
         return response
     finally:
         try:
-            flush()
+            if inv.counts:
+                flush()
         finally:
-            _counts.reset(counts_token)
-            _fields.reset(fields_token)
+            _current.reset(token)
 
 
-def _fields_of(event):
-    kind = type(event).__name__
+def _fields_of(event, kind):
     if kind == 'Request':
-        from chalicelib import cars
         fields = {}
         request_id = (event.context or {}).get('requestId')
         if request_id:
             fields['apiRequestId'] = request_id
         car_id = (event.uri_params or {}).get('car_id')
-        # Only a well-formed id: the path segment is whatever the client sent.
-        if car_id and cars.is_route_id(car_id):
+        # Four ASCII digits or nothing: the segment is whatever the client
+        # sent (http.middleware applies the full id rule, and 404s the rest).
+        if car_id and len(car_id) == 4 and car_id.isascii() and car_id.isdigit():
             fields['carId'] = car_id
         return fields
     if kind == 'CloudWatchEvent':

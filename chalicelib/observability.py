@@ -16,11 +16,11 @@ logs nothing pays for one contextvar set. The names:
                   the Lambda invocation's id, and it cannot be overridden)
     carId         the car a request names or creates
     messageId     the SQS message being ingested
-    bucket, key   the object an import reads
+    s3Bucket, s3Key  the object an import reads
     eventId       the DynamoDB stream record being turned into a change event
 
-A name bound here must not also be passed in `extra=`: logging refuses to
-overwrite a record attribute.
+A name bound here must not also be passed in `extra=` (logging refuses to
+overwrite a record attribute, and raises), hence names no library would use.
 
 Metrics are CloudWatch Embedded Metric Format: one JSON line on stdout per
 invocation that counted something, which CloudWatch Logs turns into metrics
@@ -41,7 +41,7 @@ from chalicelib import config
 
 NAMESPACE = 'CarsApi'
 # The fields `bind` accepts, in the order the local text format shows them.
-FIELDS = ('apiRequestId', 'carId', 'messageId', 'bucket', 'key', 'eventId')
+FIELDS = ('apiRequestId', 'carId', 'messageId', 's3Bucket', 's3Key', 'eventId')
 
 log = logging.getLogger('cars.ops')
 
@@ -209,7 +209,7 @@ def _fields_of(event, kind):
         bucket = (detail.get('bucket') or {}).get('name')
         key = (detail.get('object') or {}).get('key')
         if bucket and key:
-            return {'bucket': bucket, 'key': key}
+            return {'s3Bucket': bucket, 's3Key': key}
     # SQS messages and stream records are bound one by one where they are handled.
     return {}
 

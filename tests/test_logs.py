@@ -285,7 +285,7 @@ def test_an_import_with_refused_rows_is_a_warning_with_bucket_and_key(
 
     (line,) = lambda_logs.by('cars.automation')
     assert line['level'] == 'WARNING'
-    assert (line['bucket'], line['key']) == (BUCKET, key)
+    assert (line['s3Bucket'], line['s3Key']) == (BUCKET, key)
     (doc,) = emf(capsys.readouterr().out)
     assert (doc['ImportRowsWritten'], doc['ImportRowsRefused']) == (1, 1)
 

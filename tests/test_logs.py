@@ -192,6 +192,17 @@ def test_updates_deletes_and_refusals_each_log_their_outcome(lambda_logs, sqlite
         {'CarsUpdated': 1}, {'CarsDeleted': 1}]
 
 
+def test_a_replayed_create_is_logged_as_such_and_counted_once(lambda_logs, sqlite_store, capsys):
+    key = {'idempotency-key': 'order-%s' % uuid.uuid4().hex}
+    first, _, _ = call('POST', CARS, CARS, body=COROLLA, headers=key)
+    again, _, _ = call('POST', CARS, CARS, body=COROLLA, headers=key)
+    assert first['statusCode'] == again['statusCode'] == 201
+    car_id = json.loads(first['body'])['id']
+    assert [(l['carId'], l['outcome']) for l in lambda_logs.by('cars.ops')] == [
+        (car_id, 'created'), (car_id, 'replayed')]
+    assert [d.get('CarsCreated') for d in emf(capsys.readouterr().out)] == [1]
+
+
 def test_reads_log_nothing_and_emit_no_metrics(lambda_logs, sqlite_store, capsys):
     car = sqlite_store.create(dict(COROLLA))
     call('GET', CARS, CARS)

@@ -5,16 +5,22 @@ HTTP concerns (problems, ETags, cursors) in http.py.
 """
 from chalice import Chalice, Rate, Response
 
-from chalicelib import auth, automation, cars, config, cors, http, idempotency
+from chalicelib import auth, automation, cars, config, cors, http, idempotency, observability
 from chalicelib.store import get_store
 
-app = Chalice(app_name='cars')
+# configure_logs=False: Chalice would give the `cars` logger a stdout handler
+# of its own at ERROR and stop propagation, so the Lambda runtime's JSON
+# handler on the root logger would never see an INFO or WARNING line.
+app = Chalice(app_name='cars', configure_logs=False)
 # The API sends and accepts text only (JSON, forms, HTML, plain text). With no
 # binary media types, Chalice skips matching every request's Accept and every
 # response's Content-Type against its 16 defaults, on every request.
 app.api.binary_types = []
-# Outermost first: CORS headers go on every answer, errors included; the
-# token check runs after the id rule, just before the views.
+# Outermost first: every handler's log lines carry its request or event ids
+# and its metrics are flushed (observability); CORS headers go on every
+# answer, errors included; the token check runs after the id rule, just
+# before the views.
+app.register_middleware(observability.middleware, 'all')
 app.register_middleware(cors.middleware, 'http')
 app.register_middleware(http.middleware, 'http')
 app.register_middleware(auth.middleware, 'http')

@@ -17,7 +17,7 @@ import logging
 import os
 import posixpath
 
-from chalicelib import cars, config, events, idempotency
+from chalicelib import cars, config, events, idempotency, observability
 from chalicelib.store import get_store
 
 log = logging.getLogger('cars.automation')
@@ -389,8 +389,15 @@ def import_object_created(detail, s3=None, store=None, remaining_ms=None):
     report['bucket'] = bucket
     s3.put_object(Bucket=bucket, Key=report_key(key), ContentType='application/json',
                   Body=json.dumps(report, indent=2, ensure_ascii=False).encode('utf-8'))
-    log.info('imported s3://%s/%s: %s', bucket, key,
-             {k: report.get(k) for k in ('status', 'rows', 'written', 'invalid', 'not_written')})
+    summary = {k: report.get(k) for k in ('status', 'rows', 'written', 'invalid', 'not_written')}
+    observability.count('ImportRowsWritten', report.get('written') or 0)
+    observability.count('ImportRowsRefused', (report.get('invalid') or 0)
+                        + (report.get('not_written') or 0))
+    if report['errors']:
+        log.warning('imported s3://%s/%s, refusing rows (see %s): %s', bucket, key,
+                    report_key(key), summary)
+    else:
+        log.info('imported s3://%s/%s: %s', bucket, key, summary)
     return report
 
 
@@ -444,28 +451,37 @@ def ingest_messages(records, store=None):
     the batch is kept: a transient failure (store busy, throttled) is retried
     by SQS; an invalid car fails every time and, after the queue's
     maxReceiveCount, lands in the dead-letter queue. Invalid cars are logged at
-    ERROR with their message id and field errors.
+    WARNING with their message id and field errors (the sender's mistake, not
+    ours: the dead-letter queue's alarm is the signal).
     """
     store = store or get_store()
     failures = []
+    rejected = 0
     for record in records:
         message_id = record['messageId']
+        observability.bind(messageId=message_id)
         try:
             ingest_one(store, message_id, record.get('body'))
         except BadMessage as e:
-            log.error('rejected message %s (it will reach the dead-letter queue): %s',
-                      message_id, e)
+            log.warning('rejected message %s (it will reach the dead-letter queue): %s',
+                        message_id, e)
             failures.append(message_id)
+            rejected += 1
         except idempotency.KeyInFlight:
             log.warning('message %s is being written by another delivery; retry later',
                         message_id)
             failures.append(message_id)
         except cars.CarError as e:
-            log.error('message %s not written: %s', message_id, e)
+            log.warning('message %s not written: %s', message_id, e)
             failures.append(message_id)
+            rejected += 1
         except Exception:  # noqa: BLE001 - the message is retried, never lost
             log.exception('message %s failed; SQS will retry it', message_id)
             failures.append(message_id)
+    observability.bind(messageId=None)
+    observability.count('IngestMessagesAccepted', len(records) - len(failures))
+    observability.count('IngestMessagesRejected', rejected)
+    observability.count('IngestMessagesRetried', len(failures) - rejected)
     return {'batchItemFailures': [{'itemIdentifier': m} for m in failures]}
 
 
@@ -493,9 +509,11 @@ def publish_stream_records(records, sns=None, topic=None):
     """
     pairs = []
     for record in records:
+        observability.bind(eventId=record.get('eventID'))
         event = events.from_stream_record(record)
         if event is not None:
             pairs.append((record, event))
+    observability.bind(eventId=None)
     if not pairs:
         return {'batchItemFailures': []}
     sns = sns or _aws_client('sns')
@@ -510,12 +528,16 @@ def publish_stream_records(records, sns=None, topic=None):
             log.exception('publishing %d change event(s) failed', len(chunk))
             refused = [0]
         if refused:
+            observability.count('ChangeEventsPublished', start + refused[0])
             record = chunk[refused[0]][0]
             sequence = record.get('dynamodb', {}).get('SequenceNumber')
+            observability.bind(eventId=record.get('eventID'))
             log.error('SNS refused %d of %d change event(s); Lambda retries the stream '
                       'from record %s (event %s)', len(refused), len(chunk), sequence,
                       record.get('eventID'))
+            observability.bind(eventId=None)
             return {'batchItemFailures': [{'itemIdentifier': sequence}]}
+    observability.count('ChangeEventsPublished', len(pairs))
     return {'batchItemFailures': []}
 
 

@@ -12,7 +12,7 @@ import time
 
 import click
 
-from chalicelib import automation, cars, config, events
+from chalicelib import automation, cars, config, events, observability
 from chalicelib import store as store_module
 
 
@@ -227,6 +227,7 @@ def events_(follow, after, interval):
 
 
 def main():
+    observability.configure_local_logging()
     cli(prog_name='python -m chalicelib.cli')
 
 

@@ -510,7 +510,8 @@ def build(stage, paths=None):
             'AuthTokensParameter': {'Value': auth_parameter_name(stage)},
         },
     }
-    return template
+    import monitoring  # deploy/monitoring.py: log settings, alarms, the dashboard
+    return monitoring.add(template, stage)
 
 
 def main(argv=None):

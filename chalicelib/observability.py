@@ -1,0 +1,311 @@
+"""Operations: who a log line belongs to, and business metrics, at no cost of their own.
+
+Logs. Deployed, the Lambda runtime writes every stdlib log record as one JSON
+object (the functions' LoggingConfig is JSON, see deploy/monitoring.py), and
+it adds every attribute of the record it does not know as a key of its own.
+So the ids that tie a line to its request or event are record attributes:
+`middleware` (registered on every handler in app.py) marks the invocation's
+event as the current one, and a LogRecord factory copies the ids read from
+it, and those given to `bind`, onto each record made meanwhile, from any
+logger (a filter would see only the records of the logger it sits on, not
+its children's). "Current" is per thread: every handler is synchronous, so an
+invocation runs from start to end on one thread (Lambda's, or a local
+server's). The ids are read only when a line is logged: a request that logs
+nothing pays for two attribute stores, well under a microsecond. The names:
+
+    apiRequestId  API Gateway's requestContext.requestId, which the access log
+                  writes as `requestId` (the runtime's own `requestId` key is
+                  the Lambda invocation's id, and it cannot be overridden)
+    carId         the car a request names or creates
+    messageId     the SQS message being ingested
+    s3Bucket, s3Key  the object an import reads
+    eventId       the DynamoDB stream record being turned into a change event
+
+A name bound here must not also be passed in `extra=` (logging refuses to
+overwrite a record attribute, and raises), hence names no library would use.
+
+Metrics are CloudWatch Embedded Metric Format: one JSON line on stdout per
+invocation that counted something, which CloudWatch Logs turns into metrics
+(namespace CarsApi, dimension `stage`); no API call, no client. A small writer
+rather than Powertools Metrics, whose import costs more than the app's whole
+cold start budget allows (see the README, Operations).
+
+Nothing here is imported that app.py does not import already.
+"""
+import json
+import logging
+import os
+import sys
+import threading
+import time
+
+from chalicelib import config
+
+NAMESPACE = 'CarsApi'
+# The fields `bind` accepts, in the order the local text format shows them.
+FIELDS = ('apiRequestId', 'carId', 'messageId', 's3Bucket', 's3Key', 'eventId')
+
+log = logging.getLogger('cars.ops')
+
+_WRITE_METHODS = frozenset(('POST', 'PUT', 'PATCH', 'DELETE'))
+
+
+class _Invocation(object):
+    """What one invocation's log lines and metrics need.
+
+    The ids are read from the event only when a record is made: most
+    requests log nothing, and a request's budget is a few microseconds.
+    """
+    __slots__ = ('event', 'kind', 'bound', 'counts', '_fields')
+
+    def __init__(self, event=None):
+        self.event = event
+        self.kind = type(event).__name__
+        self.bound = None  # fields given to bind(): name -> value, None = removed
+        self.counts = None
+        self._fields = None
+
+    def fields(self):
+        if self._fields is None:
+            fields = _fields_of(self.event, self.kind) if self.event is not None else {}
+            if self.bound:
+                fields.update(self.bound)
+                fields = {k: v for k, v in fields.items() if v is not None}
+            self._fields = fields
+        return self._fields
+
+
+class _Local(threading.local):
+    current = None  # None, the chalice Request being served, or an _Invocation
+
+
+_local = _Local()
+
+
+def _current():
+    return _local.current
+
+
+def _invocation():
+    """The current _Invocation, made on first need (a request's first bind or count;
+    outside any handler, as in the CLI, one for the rest of the thread)."""
+    current = _local.current
+    if current.__class__ is not _Invocation:
+        current = _local.current = _Invocation(current)
+    return current
+
+
+def _fields(current):
+    if current.__class__ is _Invocation:
+        return current.fields()
+    return _fields_of(current, 'Request')
+
+
+def bind(**fields):
+    """Put `fields` on every log record made from here to the end of the invocation.
+
+    A value of None removes the field (the next record is no longer about it).
+    """
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise ValueError('unknown log fields: %s' % ', '.join(sorted(unknown)))
+    inv = _invocation()
+    inv.bound = dict(inv.bound or (), **fields)
+    inv._fields = None
+
+
+def bound():
+    """The fields bound now (a copy)."""
+    current = _current()
+    return dict(_fields(current)) if current is not None else {}
+
+
+_make_record = logging.getLogRecordFactory()
+
+
+def _record_with_fields(*args, **kwargs):
+    record = _make_record(*args, **kwargs)
+    current = _local.current
+    if current is not None:
+        record.__dict__.update(_fields(current))
+    return record
+
+
+logging.setLogRecordFactory(_record_with_fields)
+
+
+# --- metrics --------------------------------------------------------------------------
+
+def count(name, value=1):
+    """Add `value` to the metric `name` of this invocation (no-op outside one)."""
+    if _current() is None:
+        return
+    inv = _invocation()
+    if inv.counts is None:
+        inv.counts = {}
+    inv.counts[name] = inv.counts.get(name, 0) + value
+
+
+def metrics_enabled():
+    setting = config.env('CARS_METRICS', '').strip().lower()
+    if setting:
+        return setting == 'emf'
+    # Locally the lines would only clutter the console; CloudWatch reads them.
+    return bool(config.env('AWS_LAMBDA_FUNCTION_NAME'))
+
+
+def emf_line(counts, fields=None, now=None):
+    """One EMF document: the counts as metrics, the bound ids as searchable properties."""
+    stage = config.env('CARS_STAGE', 'local')
+    doc = dict(fields or ())
+    doc['_aws'] = {
+        'Timestamp': int((now or time.time()) * 1000),
+        'CloudWatchMetrics': [{
+            'Namespace': NAMESPACE,
+            'Dimensions': [['stage']],
+            'Metrics': [{'Name': name, 'Unit': 'Count'} for name in counts],
+        }],
+    }
+    doc['stage'] = stage
+    doc.update(counts)
+    return json.dumps(doc, separators=(',', ':'))
+
+
+def flush():
+    """Write this invocation's counts as one EMF line, then start counting afresh."""
+    inv = _current()
+    if inv.__class__ is not _Invocation or not inv.counts:
+        return
+    counts, inv.counts = inv.counts, None
+    if metrics_enabled():
+        # stdout, not a logger: the runtime would wrap a log record in its own
+        # JSON, and CloudWatch reads EMF only from a top-level object.
+        sys.stdout.write(emf_line(counts, inv.fields()) + '\n')
+        sys.stdout.flush()
+
+
+# --- the middleware ---------------------------------------------------------------
+
+def middleware(event, get_response):
+    """For every handler: its ids for the log lines, one line per write, the metrics."""
+    previous = _local.current
+    if event.__class__.__name__ == 'Request':
+        # The hot path: a read adds two stores and a set lookup. Chalice turns
+        # a view's exception into a 500 itself (http.handles_errors logs it).
+        _local.current = event
+        try:
+            response = get_response(event)
+            if event.method in _WRITE_METHODS:
+                _record_write(event, response)
+                flush()
+            return response
+        finally:
+            _local.current = previous
+    inv = _local.current = _Invocation(event)
+    try:
+        try:
+            response = get_response(event)
+        except Exception:
+            # The runtime reports it too, but without the ids bound here (the
+            # record or message being handled); Lambda still sees it raised.
+            log.exception('%s handler failed', inv.kind)
+            raise
+        return response
+    finally:
+        try:
+            flush()
+        finally:
+            _local.current = previous
+
+
+def _fields_of(event, kind):
+    if kind == 'Request':
+        fields = {}
+        request_id = (event.context or {}).get('requestId')
+        if request_id:
+            fields['apiRequestId'] = request_id
+        car_id = (event.uri_params or {}).get('car_id')
+        # Four ASCII digits or nothing: the segment is whatever the client
+        # sent (http.middleware applies the full id rule, and 404s the rest).
+        if car_id and len(car_id) == 4 and car_id.isascii() and car_id.isdigit():
+            fields['carId'] = car_id
+        return fields
+    if kind == 'CloudWatchEvent':
+        detail = event.detail or {}
+        bucket = (detail.get('bucket') or {}).get('name')
+        key = (detail.get('object') or {}).get('key')
+        if bucket and key:
+            return {'s3Bucket': bucket, 's3Key': key}
+    # SQS messages and stream records are bound one by one where they are handled.
+    return {}
+
+
+# method, item route? -> the write it is
+_WRITES = {('POST', False): 'create', ('POST', True): 'update', ('PATCH', True): 'update',
+           ('PUT', True): 'replace', ('DELETE', True): 'delete'}
+_DONE = {('create', 201): ('created', 'CarsCreated'),
+         ('update', 200): ('updated', 'CarsUpdated'),
+         ('replace', 200): ('replaced', 'CarsUpdated'),
+         ('replace', 201): ('created', 'CarsCreated'),
+         ('delete', 204): ('deleted', 'CarsDeleted')}
+
+
+def _record_write(request, response):
+    """One line per write to a car: which, on what car, and how it ended."""
+    if not (request.path or '').startswith('/api/v1/cars'):
+        return
+    action = _WRITES.get((request.method, 'car_id' in (request.uri_params or {})))
+    if action is None:
+        return
+    status = getattr(response, 'status_code', None)
+    headers = {k.lower(): v for k, v in (getattr(response, 'headers', None) or {}).items()}
+    body = getattr(response, 'body', None)
+    car_id = bound().get('carId')
+    if car_id is None and isinstance(body, dict) and isinstance(body.get('id'), str):
+        car_id = body['id']
+        bind(carId=car_id)
+    done = _DONE.get((action, status))
+    if done and headers.get('idempotent-replayed') == 'true':
+        outcome = 'replayed'
+    elif done:
+        outcome = done[0]
+        count(done[1])
+    else:
+        # Only the problem's type: its detail may quote what the client sent.
+        problem = body.get('type') if isinstance(body, dict) else None
+        outcome = 'refused' if status is not None and status < 500 else 'failed'
+        log.info('%s car %s: %s (%s %s)', action, car_id or '-', outcome, status,
+                 problem or '', extra={'write': action, 'outcome': outcome, 'status': status})
+        return
+    log.info('%s car %s: %s', action, car_id, outcome,
+             extra={'write': action, 'outcome': outcome, 'status': status})
+
+
+# --- outside Lambda ---------------------------------------------------------------
+
+class _TextFormatter(logging.Formatter):
+    """Plain text for a terminal, with the bound ids at the end of the line."""
+
+    def format(self, record):
+        text = super().format(record)
+        ids = ' '.join('%s=%s' % (name, getattr(record, name)) for name in FIELDS
+                       if getattr(record, name, None) is not None)
+        return '%s [%s]' % (text, ids) if ids else text
+
+
+def configure_local_logging(level=logging.INFO, stream=None):
+    """Readable text logs for the CLI and the dev server: a handler on `cars`.
+
+    Does nothing inside Lambda (the runtime's JSON handler is there) or when
+    logging is configured already.
+    """
+    if os.environ.get('AWS_LAMBDA_FUNCTION_NAME'):
+        return None
+    cars_log = logging.getLogger('cars')
+    if logging.getLogger().handlers or cars_log.handlers:
+        return None
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_TextFormatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+    cars_log.addHandler(handler)
+    cars_log.setLevel(level)
+    return handler

@@ -60,6 +60,8 @@ def dynamodb_endpoint():
 
 
 # Store fixtures (sqlite and DynamoDB Local) shared by the contract tests.
+# Both stages packaged and translated once per session (template and sandbox tests).
+from stage_packages import packaged_stages  # noqa: E402,F401
 from stores import (api, dynamodb_table, dynamodb_table_with_stream, sqlite_path,  # noqa: E402,F401
                     store, store_kind)
 

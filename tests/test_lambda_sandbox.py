@@ -62,21 +62,10 @@ ARCH_PLATFORM = {'arm64': 'aarch64', 'x86_64': 'x86_64'}
 # --- building the package and the runtime ---------------------------------------------
 
 @pytest.fixture(scope='module')
-def package(tmp_path_factory):
+def package(packaged_stages):
     """(translated template, path of deployment.zip) for the dev stage."""
-    out = tmp_path_factory.mktemp('package')
-    env = {k: v for k, v in os.environ.items() if not k.startswith('CARS_')}
-    subprocess.run([sys.executable, os.path.join(ROOT, 'deploy', 'package.py'), '--stage',
-                    STAGE, str(out)], check=True, cwd=ROOT, env=env, timeout=600,
-                   stdout=subprocess.DEVNULL)
-    sys.path.insert(0, os.path.join(ROOT, 'deploy'))
-    try:
-        from translate import translate
-    finally:
-        sys.path.remove(os.path.join(ROOT, 'deploy'))
-    with open(out / 'sam.json') as f:
-        template = translate(json.load(f), REGION)
-    return template, str(out / 'deployment.zip')
+    packaged = packaged_stages[STAGE]
+    return packaged.cfn, str(packaged.zip_path)
 
 
 def functions(template):

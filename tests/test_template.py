@@ -6,7 +6,6 @@ drift apart.
 """
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -43,24 +42,9 @@ def store_kind(request, monkeypatch):
 
 
 @pytest.fixture(scope='module')
-def packaged(tmp_path_factory):
-    """Both stages packaged as `make package` does, with no AWS credentials
-    and every proxy pointing at a closed port: packaging must not need AWS."""
-    out = {}
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(('AWS_', 'CARS_')) and k.lower() not in ('http_proxy', 'https_proxy')}
-    env.update(AWS_DEFAULT_REGION='us-east-1', AWS_EC2_METADATA_DISABLED='true',
-               AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-               HTTPS_PROXY='http://127.0.0.1:9', HTTP_PROXY='http://127.0.0.1:9',
-               NO_PROXY='')
-    for stage in ('dev', 'prod'):
-        target = tmp_path_factory.mktemp(stage)
-        subprocess.run([sys.executable, os.path.join(ROOT, 'deploy', 'package.py'),
-                        '--stage', stage, str(target)], env=env, check=True,
-                       capture_output=True, timeout=300)
-        with open(target / 'sam.json') as f:
-            out[stage] = json.load(f)
-    return out
+def packaged(packaged_stages):
+    """{stage: SAM template}, both stages packaged offline (tests/stage_packages.py)."""
+    return {stage: p.sam for stage, p in packaged_stages.items()}
 
 
 def test_the_template_table_is_the_table_json_definition_plus_stage_protection():

@@ -21,35 +21,17 @@ sys.path.insert(0, os.path.join(ROOT, 'deploy'))
 import package  # noqa: E402
 import policies  # noqa: E402
 import resources  # noqa: E402
-import translate  # noqa: E402
 
 STAGES = sorted(resources.STAGES)
 FUNCTIONS = sorted(policies.FUNCTIONS)
 
 
 @pytest.fixture(scope='module')
-def stacks(tmp_path_factory):
-    """{stage: {'sam': path, 'cfn': path, 'template': translated template}},
-    packaged with no AWS credentials and every proxy pointing at a closed port
-    (packaging talks to no AWS service; it fetches arm64 wheels from PyPI,
-    which pip reaches through the index, not the proxy variables)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(('AWS_', 'CARS_'))}
-    env.update(AWS_DEFAULT_REGION='us-east-1', AWS_EC2_METADATA_DISABLED='true',
-               AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
-    out = {}
-    for stage in STAGES:
-        target = tmp_path_factory.mktemp(stage)
-        subprocess.run([sys.executable, os.path.join(ROOT, 'deploy', 'package.py'),
-                        '--stage', stage, str(target)], env=env, check=True,
-                       capture_output=True, timeout=600)
-        with open(target / 'sam.json') as f:
-            template = translate.translate(json.load(f))
-        with open(target / 'cfn.json', 'w') as f:
-            json.dump(template, f, indent=2)
-        out[stage] = {'sam': target / 'sam.json', 'cfn': target / 'cfn.json',
-                      'template': template}
-    return out
+def stacks(packaged_stages):
+    """{stage: {'sam': path, 'cfn': path, 'template': translated template}}
+    (packaged once per session, offline: tests/stage_packages.py)."""
+    return {stage: {'sam': p.sam_path, 'cfn': p.cfn_path, 'template': p.cfn}
+            for stage, p in packaged_stages.items()}
 
 
 def of_type(template, kind):

@@ -182,8 +182,8 @@ class ChaliceASGI:
         if self.access_log and status is not None:
             client = scope.get('client')
             self.log_stream.write('%s - - [%s] "%s %s HTTP/%s" %d -\n' % (
-                client[0] if client else '-', time.strftime('%d/%b/%Y %H:%M:%S'),
-                scope['method'], target, scope['http_version'], status))
+                client[0] if client else '-', _log_time(), scope['method'], target,
+                scope['http_version'], status))
 
     async def _serve(self, scope, target, receive, send):
         """Answer one request; its status, or None when the client went away first."""
@@ -210,7 +210,10 @@ class ChaliceASGI:
                 413, 'the body is %s bytes; at most %d are accepted' % (declared.lstrip('0'),
                                                                         MAX_BODY),
                 'body-too-large'), close=True)
-        body = await self._read_body(receive)
+        if declared is None and 'transfer-encoding' not in headers:
+            body = None  # no body (RFC 9112 6.3): nothing to wait for
+        else:
+            body = await self._read_body(receive)
         if isinstance(body, tuple):
             return await self._answer(send, *body, close=True)
         if body is False:
@@ -277,10 +280,11 @@ class ChaliceASGI:
                 continue
             content_type = content_type or lower == 'content-type'
             name = lower.encode('latin-1')
+            # HTTP/1.1 header values are ISO-8859-1, as http.server writes them.
             if isinstance(value, list):
-                raw.extend((name, str(v).encode('latin-1')) for v in value)
+                raw.extend((name, str(v).encode('latin-1', 'replace')) for v in value)
             else:
-                raw.append((name, str(value).encode('latin-1')))
+                raw.append((name, str(value).encode('latin-1', 'replace')))
         if status in NO_BODY_STATUSES:
             body = b''
         else:
@@ -292,6 +296,16 @@ class ChaliceASGI:
         await send({'type': 'http.response.start', 'status': status, 'headers': raw})
         await send({'type': 'http.response.body', 'body': body})
         return status
+
+
+_clock = [0, '']
+
+
+def _log_time():
+    now = int(time.time())
+    if now != _clock[0]:
+        _clock[:] = now, time.strftime('%d/%b/%Y %H:%M:%S', time.localtime(now))
+    return _clock[1]
 
 
 def _too_long(declared):

@@ -28,12 +28,14 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-# CARS_STORE unset means the sqlite store locally. chalicelib.local_server is
-# `chalice local` (same config, stages and gateway) without the ~40 ms stall on
-# every keep-alive response; `chalice local` itself still works.
+# CARS_STORE unset means the sqlite store locally. devserver.py is `chalice
+# local` (same config, stages and LocalGateway) under uvicorn; it is not part of
+# the Lambda package. RUN_ARGS adds its flags (python -m devserver --help), e.g.
+# RUN_ARGS='--timeout-keep-alive 30'. `chalice local` itself still works.
 STAGE ?= dev
+RUN_ARGS ?=
 run: $(VENV)/.installed
-	$(VENV)/bin/python -m chalicelib.local_server --port $(PORT) --stage $(STAGE)
+	$(VENV)/bin/python -m devserver --port $(PORT) --stage $(STAGE) $(RUN_ARGS)
 
 # The suite records the AWS calls the app's code makes (tests/conftest.py);
 # check_policy then fails if the stages' IAM policies do not allow one of them.

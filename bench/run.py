@@ -13,8 +13,11 @@ Sections:
             bare one-route Chalice app (sqlite store)
   dynamodb  the same cold start on the DynamoDB store (DynamoDB Local), against
             a script that imports chalice and boto3 and does one GetItem
-  serve     `make run`'s server against the blog's Tornado server (and stock
-            `chalice local`), with wrk: 16 connections, keep-alive, GET one car
+  serve     `make run`'s server (devserver.py, uvicorn) against the blog's Tornado
+            server, both with and both without access logs (and stock `chalice
+            local`), with wrk: 16 connections, keep-alive, GET one car; then the
+            slowest of 20 small GETs while another connection has 50 pipelined
+            1,000-car pages outstanding
   scale     GET one car and a page of 100 with 100 cars and with 6,561 in the store
 
 The table is also written to bench/results/ (not in git).
@@ -359,6 +362,15 @@ def wrk(url, seconds, pid):
     return rps, float(value) * _UNITS[unit], cpu / max(count, 1)
 
 
+# The blog's server as its docstring runs it, with Python logging on so that
+# Tornado writes its access-log line per request (tornado.access, at INFO).
+TORNADO_LOGGED = ('import logging, runpy, sys; '
+                  'logging.basicConfig(level=logging.INFO, format="%(message)s"); '
+                  'sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")')
+BLOG = 'blog (Tornado, per-request sqlite)'
+OURS = 'make run (devserver: uvicorn)'
+
+
 def bench_serve(args, tmp):
     if not shutil.which('wrk'):
         add('serve', 'skipped: wrk is not installed', '', '', None)
@@ -367,30 +379,33 @@ def bench_serve(args, tmp):
         add('serve', 'skipped: %s not found' % SEED, '', '', None)
         return
     servers = {}
+
+    def serve(name, cmd, cwd, env):
+        port = free_port()
+        base = 'http://127.0.0.1:%d' % port
+        servers[name] = (start(cmd + ['--port', str(port)], cwd, env, base + '/'), base)
+        return base
+
     try:
-        # The blog's server, run as its docstring says: from an empty directory.
-        seed_dir = tempfile.mkdtemp(dir=tmp)
-        port = free_port()
-        base = 'http://127.0.0.1:%d' % port
-        servers['blog (Tornado, per-request sqlite)'] = (start(
-            [PY, SEED, '--port', str(port)], seed_dir, child_env(), base + '/'), base)
+        # The blog's server, run as its docstring says: from an empty directory
+        # (one per variant: each has its own cars.db there).
+        for logged in (True, False):
+            seed_dir = tempfile.mkdtemp(dir=tmp)
+            cmd = [PY, '-c', TORNADO_LOGGED, SEED] if logged else [PY, SEED]
+            serve(BLOG + ('' if logged else ', no access log'), cmd, seed_dir, child_env())
         env = child_env(CARS_STORE='sqlite', CARS_DB_PATH=os.path.join(tmp, 'serve.db'))
-        port = free_port()
-        base = 'http://127.0.0.1:%d' % port
-        servers['make run (chalicelib.local_server)'] = (start(
-            [PY, '-m', 'chalicelib.local_server', '--port', str(port)], ROOT, env,
-            base + '/'), base)
-        port = free_port()
-        base = 'http://127.0.0.1:%d' % port
-        servers['stock chalice local'] = (start(
-            [os.path.join(os.path.dirname(PY), 'chalice'), 'local', '--port', str(port),
-             '--no-autoreload'], ROOT, env, base + '/'), base)
-        # The blog's server has its own cars.db; make run and chalice local share one.
-        blog_base = servers['blog (Tornado, per-request sqlite)'][1]
-        blog_car = '/api/v1/cars/%s' % post_car(blog_base, dict(CAR, id='1234'))
-        ours_car = '/api/v1/cars/%s' % post_car(base, CAR)
-        urls = {name: base + (blog_car if name.startswith('blog') else ours_car)
-                for name, (_, base) in servers.items()}
+        ours = serve(OURS, [PY, '-m', 'devserver'], ROOT, env)
+        serve(OURS + ', no access log', [PY, '-m', 'devserver', '--no-access-log'], ROOT, env)
+        serve('stock chalice local', [os.path.join(os.path.dirname(PY), 'chalice'), 'local',
+                                      '--no-autoreload'], ROOT, env)
+        # make run and chalice local share one cars.db.
+        ours_car = '/api/v1/cars/%s' % post_car(ours, CAR)
+        urls = {}
+        for name, (_, base) in servers.items():
+            if name.startswith('blog'):
+                urls[name] = base + '/api/v1/cars/%s' % post_car(base, dict(CAR, id='1234'))
+            else:
+                urls[name] = base + ours_car
         seconds = 3 if args.quick else 8
         samples = {name: [] for name in servers}
         for _ in range(1 if args.quick else 3):
@@ -403,18 +418,102 @@ def bench_serve(args, tmp):
     # Best of the rounds: load from other processes only ever makes a run worse.
     best = {name: (max(r for r, _, _ in s), min(p for _, p, _ in s), min(c for _, _, c in s))
             for name, s in samples.items()}
-    blog_rps, blog_p50, blog_cpu = best.pop('blog (Tornado, per-request sqlite)')
-    add('serve', 'blog, req/s (reference)', '%.0f/s' % blog_rps, '', None)
-    add('serve', 'blog, p50 latency (reference)', us(blog_p50), '', None)
-    add('serve', 'blog, server CPU per request (reference)', us(blog_cpu), '', None)
-    for name, (rps, p50, cpu) in best.items():
-        is_ours = name.startswith('make run')
-        add('serve', '%s, req/s' % name, '%.0f/s' % rps, '%.0f/s' % blog_rps, rps / blog_rps,
-            '>= 1.5x' if is_ours else None, rps / blog_rps >= 1.5 if is_ours else None)
-        add('serve', '%s, p50 latency' % name, us(p50), us(blog_p50), p50 / blog_p50,
-            '< 5 ms' if is_ours else None, p50 < 0.005 if is_ours else None)
-        add('serve', '%s, server CPU per request' % name, us(cpu), us(blog_cpu),
-            cpu / blog_cpu)
+    for suffix, note in (('', ', access log on'), (', no access log', ', no access log')):
+        blog_rps, blog_p50, blog_cpu = best[BLOG + suffix]
+        add('serve', 'blog%s, req/s (reference)' % note, '%.0f/s' % blog_rps, '', None)
+        add('serve', 'blog%s, p50 latency (reference)' % note, us(blog_p50), '', None)
+        add('serve', 'blog%s, server CPU per request (reference)' % note, us(blog_cpu), '', None)
+        names = [OURS + suffix] + (['stock chalice local'] if not suffix else [])
+        for name in names:
+            rps, p50, cpu = best[name]
+            is_ours = name.startswith('make run')
+            label = name + ('' if suffix or not is_ours else ', access log on')
+            add('serve', '%s, req/s' % label, '%.0f/s' % rps, '%.0f/s' % blog_rps,
+                rps / blog_rps, '>= 1.0x' if is_ours else None,
+                rps / blog_rps >= 1.0 if is_ours else None)
+            add('serve', '%s, p50 latency' % label, us(p50), us(blog_p50), p50 / blog_p50,
+                '< 5 ms' if is_ours else None, p50 < 0.005 if is_ours else None)
+            add('serve', '%s, server CPU per request' % label, us(cpu), us(blog_cpu),
+                cpu / blog_cpu)
+    bench_pipelined_pressure(args, tmp)
+
+
+def _read_answer(sock, buf):
+    """(status, rest of buf) after one Content-Length-framed response off a socket."""
+    while b'\r\n\r\n' not in buf:
+        chunk = sock.recv(262144)
+        if not chunk:
+            raise RuntimeError('connection closed before a response')
+        buf += chunk
+    head, _, buf = buf.partition(b'\r\n\r\n')
+    length = int(re.search(rb'(?im)^content-length:\s*(\d+)', head).group(1))
+    while len(buf) < length:
+        chunk = sock.recv(262144)
+        if not chunk:
+            raise RuntimeError('connection closed inside a body')
+        buf += chunk
+    return int(head.split()[1]), buf[length:]
+
+
+def _slowest_small_get(port, path, n):
+    """Wall seconds of the slowest of n GETs of path, one after another on one connection."""
+    import socket
+    request = b'GET %s HTTP/1.1\r\nHost: bench\r\n\r\n' % path.encode()
+    with socket.create_connection(('127.0.0.1', port), timeout=60) as sock:
+        rest, slowest = b'', 0.0
+        for _ in range(n):
+            began = time.perf_counter()
+            sock.sendall(request)
+            status, rest = _read_answer(sock, rest)
+            slowest = max(slowest, time.perf_counter() - began)
+            if status != 200:
+                raise RuntimeError('GET %s answered %d' % (path, status))
+    return slowest
+
+
+def bench_pipelined_pressure(args, tmp):
+    """The slowest of 20 small GETs while 50 pipelined 1,000-car pages are outstanding.
+
+    The pages come from another connection, all sent at once; a reader thread
+    takes the answers as they come. Beside it, the same 20 GETs on an idle server.
+    """
+    import socket
+    import threading
+    path = os.path.join(tmp, 'pressure.db')
+    ids = fill_sqlite(path, 1000)
+    port = free_port()
+    proc = start([PY, '-m', 'devserver', '--port', str(port)], ROOT,
+                 child_env(CARS_STORE='sqlite', CARS_DB_PATH=path),
+                 'http://127.0.0.1:%d/' % port)
+    small = '/api/v1/cars/%s' % ids[0]
+    pages = b'GET /api/v1/cars?limit=1000 HTTP/1.1\r\nHost: bench\r\n\r\n' * 50
+    idle, loaded, overlapped = [], [], True
+    try:
+        for _ in range(1 if args.quick else 3):
+            idle.append(_slowest_small_get(port, small, 20))
+            answered = []
+            with socket.create_connection(('127.0.0.1', port), timeout=60) as pipe:
+                def read_pages():
+                    rest = b''
+                    for _ in range(50):
+                        status, rest = _read_answer(pipe, rest)
+                        answered.append(status)
+                reader = threading.Thread(target=read_pages)
+                pipe.sendall(pages)
+                reader.start()
+                loaded.append(_slowest_small_get(port, small, 20))
+                overlapped = overlapped and len(answered) < 50
+                reader.join(120)
+            if answered != [200] * 50:
+                raise RuntimeError('pipelined pages answered %r' % answered)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    idle_s, loaded_s = min(idle), min(loaded)
+    add('serve', 'slowest of 20 GETs, idle server (reference)', us(idle_s), '', None)
+    add('serve', 'slowest of 20 GETs beside 50 pipelined 1,000-car pages'
+        + ('' if overlapped else ' (the pages finished first!)'),
+        us(loaded_s), us(idle_s), loaded_s / idle_s, '< 50 ms', loaded_s < 0.050 and overlapped)
 
 
 # --- scale ------------------------------------------------------------------------------

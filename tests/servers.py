@@ -1,5 +1,6 @@
 """Real HTTP servers for tests: `chalice local` (or `make run`'s server) in a child process."""
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -18,15 +19,17 @@ def free_port():
 class LocalServer(object):
     """A server process on a free loopback port, stopped by PID.
 
-    `kind='dev'` (the default) runs `make run`'s server (`python -m
-    chalicelib.local_server`: Chalice's LocalGateway under one event loop, one
-    request at a time); `kind='threaded'` runs it with `--threads` (Chalice's
-    own thread-per-connection server with a deep backlog), which the
-    concurrency tests use so that their requests reach the app at the same
-    time; `kind='chalice'` runs stock `chalice local`.
+    `kind='dev'` (the default) runs `make run`'s server (`python -m devserver`:
+    Chalice's LocalGateway under uvicorn, the app on a pool of worker threads,
+    so concurrent requests reach the app and the store at the same time);
+    `args` are more of its command-line flags (short timeouts, say).
+    `kind='chalice'` runs stock `chalice local`. `nofile` sets the server
+    process's file descriptor limit (`ulimit -n`).
     """
 
-    def __init__(self, env=None, kind='dev', cwd=ROOT, log_path=None):
+    def __init__(self, env=None, kind='dev', cwd=ROOT, log_path=None, args=(), nofile=None):
+        if kind == 'threaded':
+            kind = 'dev'  # the old name of the concurrent server, still used by some tests
         self.port = free_port()
         self.url = 'http://127.0.0.1:%d' % self.port
         self.env = dict(os.environ, **(env or {}))
@@ -34,13 +37,14 @@ class LocalServer(object):
         self.kind = kind
         self.cwd = cwd
         self.log_path = log_path
+        self.args = list(args)
+        self.nofile = nofile
         self.proc = None
 
     def command(self):
-        if self.kind in ('dev', 'threaded'):
-            return [sys.executable, '-m', 'chalicelib.local_server',
-                    '--host', '127.0.0.1', '--port', str(self.port)] + (
-                        ['--threads'] if self.kind == 'threaded' else [])
+        if self.kind == 'dev':
+            return [sys.executable, '-m', 'devserver',
+                    '--host', '127.0.0.1', '--port', str(self.port)] + self.args
         chalice = os.path.join(os.path.dirname(sys.executable), 'chalice')
         return [chalice, 'local', '--host', '127.0.0.1', '--port', str(self.port),
                 '--no-autoreload']
@@ -48,7 +52,8 @@ class LocalServer(object):
     def start(self, timeout=30):
         self._log = open(self.log_path, 'wb') if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=self._limits if self.nofile else None)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -60,6 +65,16 @@ class LocalServer(object):
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError('server did not answer on %s within %ss' % (self.url, timeout))
+
+    def _limits(self):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
+
+    def cpu_seconds(self):
+        """CPU time (user + system) the server process has used so far (Linux /proc)."""
+        with open('/proc/%d/stat' % self.proc.pid) as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
     def stop(self, sig=None):
         if self.proc is None:

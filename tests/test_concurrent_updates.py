@@ -15,7 +15,7 @@ PER_THREAD = 4
 @pytest.mark.http
 @pytest.mark.slow
 def test_sixteen_if_match_writers_lose_no_update(store_kind, store):
-    with LocalServer(env=server_env(), kind='threaded') as server:
+    with LocalServer(env=server_env(), kind='dev') as server:
         created = requests.post(server.url + '/api/v1/cars', json={
             'make': 'Mini', 'model': 'Cooper', 'year': 2001, 'color': '0'}, timeout=30)
         assert created.status_code == 201

@@ -18,7 +18,7 @@ WRITERS = 6
 def test_sqlite_keeps_every_acknowledged_write_through_a_kill_9(tmp_path):
     db = str(tmp_path / 'crash.db')
     env = {'CARS_STORE': 'sqlite', 'CARS_DB_PATH': db}
-    server = LocalServer(env=env, kind='threaded').start()
+    server = LocalServer(env=env, kind='dev').start()
     stop = threading.Event()
     acked_creates = {}   # id -> fields the server acknowledged
     acked_colors = {}    # id -> highest counter the server acknowledged

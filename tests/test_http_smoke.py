@@ -1,4 +1,4 @@
-"""Over real HTTP: a `chalice local` process started by the tests, on both stores.
+"""Over real HTTP: `chalice local` and `make run`'s server, started by the tests, on both stores.
 
 Includes the seed's curl examples, and concurrent creates that must never hand
 out one id twice.
@@ -24,8 +24,8 @@ def server(request, store_kind, tmp_path):
 
 @pytest.fixture
 def dev_server(store_kind, tmp_path):
-    """A thread per connection, so concurrent requests reach the app concurrently."""
-    with LocalServer(env=server_env(), kind='threaded',
+    """`make run`'s server: its worker threads let concurrent requests reach the app together."""
+    with LocalServer(env=server_env(), kind='dev',
                      log_path=str(tmp_path / 'server.log')) as s:
         yield s
 

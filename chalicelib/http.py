@@ -280,12 +280,27 @@ def _tags(header):
     return out
 
 
-def _has_star(tags):
-    # `*` joined with tags (the field sent on several lines) is not the
-    # grammar's `"*" / #entity-tag`; read as the list it is, any member
-    # matching makes the condition hold, and `*` matches every current
-    # representation: the list means what `*` alone means.
-    return any(tag == '*' and not weak for weak, tag in tags)
+def _conditional(request, name):
+    """The members of an If-Match / If-None-Match field: None when it was not
+    sent, '*' for `*`, else a list of (weak, tag).
+
+    The grammar is `"*" / #entity-tag`: `*` and tags never share one field.
+    They do when the field comes on several lines (`If-Match: *` and then
+    `If-Match: "1-stale"`), and then which one the client meant is a guess,
+    so the request is refused (400) before anything is read or written.
+    """
+    header = header_value(request, name)
+    if header is None:
+        return None
+    tags = _tags(header)
+    stars = sum(1 for weak, tag in tags if tag == '*' and not weak)
+    if not stars:
+        return tags
+    if stars == len(tags):
+        return '*'
+    raise Problem(400, '%s holds "*" and entity tags (sent on several lines?); send "*" '
+                  'alone or tags alone' % name, 'invalid-precondition',
+                  errors=[{'field': name, 'message': '"*" cannot be combined with tags'}])
 
 
 def _rev_of(opaque):
@@ -296,12 +311,9 @@ def _rev_of(opaque):
 
 def write_precondition(request):
     """The store's `expect` from If-Match: None, '*', or a tuple of revisions."""
-    header = header_value(request, 'if-match')
-    if header is None:
-        return None
-    tags = _tags(header)
-    if _has_star(tags):
-        return '*'
+    tags = _conditional(request, 'If-Match')
+    if tags is None or tags == '*':
+        return tags
     # If-Match uses the strong comparison: weak tags never match.
     revs = tuple(r for weak, tag in tags if not weak
                  for r in [_rev_of(tag)] if r)
@@ -314,21 +326,21 @@ def only_if_absent(request):
     PUT then creates and never replaces; PATCH, POST and DELETE, which need a
     car, can never pass it (412 on a car, 404 where there is none).
     """
-    header = header_value(request, 'if-none-match')
-    if header is None:
+    tags = _conditional(request, 'If-None-Match')
+    if tags is None:
         return False
-    if _has_star(_tags(header)):
+    if tags == '*':
         return True
     raise Problem(400, 'on writes If-None-Match may only be "*"', 'invalid-precondition')
 
 
 def not_modified(request, record):
     """True when If-None-Match matches the car's current tag (weak comparison)."""
-    header = header_value(request, 'if-none-match')
-    if header is None:
+    tags = _conditional(request, 'If-None-Match')
+    if tags is None:
         return False
     current = etag(record)
-    return any(tag == '*' or tag == current for _, tag in _tags(header))
+    return tags == '*' or any(tag == current for _, tag in tags)
 
 
 def car_response(record, status=200, headers=None):

@@ -314,7 +314,7 @@ IF_MATCH = {
     'name': 'If-Match', 'in': 'header', 'required': False,
     'description': 'Write only if the car\'s current `ETag` is one of these (or `*`: if it '
                    'exists); otherwise 412 and nothing changes. Sent on several lines, it '
-                   'is one list; a list holding `*` means `*`.',
+                   'is one list; `*` beside tags is refused (400).',
     'schema': {'type': 'string'},
 }
 IF_NONE_MATCH_READ = {

@@ -28,8 +28,6 @@ class LocalServer(object):
     """
 
     def __init__(self, env=None, kind='dev', cwd=ROOT, log_path=None, args=(), nofile=None):
-        if kind == 'threaded':
-            kind = 'dev'  # the old name of the concurrent server, still used by some tests
         self.port = free_port()
         self.url = 'http://127.0.0.1:%d' % self.port
         self.env = dict(os.environ, **(env or {}))

@@ -365,9 +365,6 @@ def test_chalice_local_answers_401_and_403_with_problem_bodies(store_kind, monke
 
 
 @pytest.mark.http
-@pytest.mark.xfail(strict=True, reason='the dev server in this branch passes only the first '
-                   'line of a repeated header to the app; once it joins them (RFC 9110 5.3), '
-                   'remove this marker')
 def test_over_http_authorization_on_two_lines_is_400_and_changes_nothing(store_kind, store):
     import http.client
     env = dict(server_env(), CARS_AUTH_TOKENS=TOKENS)

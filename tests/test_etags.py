@@ -193,21 +193,24 @@ def test_the_stores_refuse_only_if_absent_writes_in_the_write_itself(store, stor
 
 # --- a conditional header sent on several lines is one list ---------------------------
 
-def test_a_list_with_a_star_means_star(api, store, car):
-    # `*` matches any current representation, so a list holding it holds
-    # whenever the car exists, whatever stale tags sit beside it.
+def test_star_beside_tags_is_a_400_and_changes_nothing(api, store, car):
+    # `If-Match: *` on one line and a stale tag on another: which the client
+    # meant is a guess, so neither wins (first-wins would let the write through).
     path, tag = car
-    r = call(api, 'PATCH', path, {'If-Match': '*, "1-stale"'}, {'color': 'red'})
-    assert r.status_code == 200
-    r = call(api, 'PATCH', path, {'If-Match': '"1-stale", *'}, {'color': 'blue'})
-    assert r.status_code == 200
-    assert call(api, 'PATCH', '/api/v1/cars/5555', {'If-Match': '"1-x", *'},
-                {'color': 'red'}).status_code == 404
     before = store.get(path[-4:])
-    r = call(api, 'DELETE', path, {'If-None-Match': '"1-x", *'})
-    assert r.status_code == 412
+    for method, headers in (('PATCH', {'If-Match': '*, "1-stale"'}),
+                            ('POST', {'If-Match': '"1-stale", *'}),
+                            ('PUT', {'If-Match': '*, ' + tag}),
+                            ('DELETE', {'If-None-Match': '"1-x", *'}),
+                            ('PATCH', {'If-None-Match': '*, "1-x"'})):
+        body = CAR if method == 'PUT' else ({'color': 'red'} if method != 'DELETE' else None)
+        r = call(api, method, path, headers, body)
+        assert r.status_code == 400, (method, headers, r.status_code)
+        assert json.loads(r.body)['type'].endswith('#problem-invalid-precondition')
     assert store.get(path[-4:]) == before
-    assert call(api, 'GET', path, {'If-None-Match': '"1-x", *'}).status_code == 304
+    assert call(api, 'GET', path, {'If-None-Match': '"1-x", *'}).status_code == 400
+    # `*` twice is still `*`.
+    assert call(api, 'PATCH', path, {'If-Match': '*, *'}, {'color': 'red'}).status_code == 200
 
 
 def lines(**named):
@@ -249,15 +252,15 @@ def test_if_none_match_on_two_lines_in_a_lambda_event_is_one_list(store, car):
         'GET', '/api/v1/cars/{car_id}', car_id=car_id,
         headers=lines(If_None_Match=[tag, '"0-other"'])))
     assert status == 304 and headers['ETag'] == tag
-    # `*` on the first line, a tag on the last (all `headers` shows): the list holds
-    # `*`, so the write is refused as If-None-Match: * is, not as a bad header.
+    # `*` on the first line, a tag on the last (all `headers` shows): the whole
+    # list is read, and `*` beside a tag is refused, never half-applied.
     before = store.get(car_id)
     status, _, out, _ = invoke(rest_event(
         'PATCH', '/api/v1/cars/{car_id}', car_id=car_id, body={'color': 'red'},
         headers=lines(If_None_Match=['*', '"1-x"'])))
-    assert status == 412 and out['type'].endswith('#problem-version-mismatch')
+    assert status == 400 and out['type'].endswith('#problem-invalid-precondition')
     status, _, _, _ = invoke(rest_event(
         'PUT', '/api/v1/cars/{car_id}', car_id=car_id, body=CAR,
         headers=lines(If_None_Match=['*', '"1-x"'])))
-    assert status == 412
+    assert status == 400 and store.get(car_id) == before
     assert store.get(car_id) == before

@@ -165,7 +165,7 @@ def test_sqlite_sweeps_expired_keys(store, store_kind, monkeypatch):
 @pytest.mark.http
 @pytest.mark.slow
 def test_16_concurrent_posts_with_one_key_create_exactly_one_car(store_kind, store):
-    with LocalServer(env=server_env(), kind='threaded') as server:
+    with LocalServer(env=server_env(), kind='dev') as server:
         barrier = threading.Barrier(16)
 
         def send(_):

@@ -424,15 +424,11 @@ def test_the_package_carries_no_sdk_and_no_development_code(package):
         names = z.namelist()
     tops = {n.split('/')[0] for n in names}
     assert not [t for t in tops if t.split('-')[0] in SDK or t in SDK]
-    dev_only = [n for n in names if any(p.search(n) for p in DEV_ONLY)
-                and n != 'chalicelib/local_server.py']
+    dev_only = [n for n in names if any(p.search(n) for p in DEV_ONLY)]
     assert dev_only == []
     assert {'app.py', 'chalicelib/__init__.py', 'chalice/app.py'} <= set(names)
 
 
-@pytest.mark.xfail(os.path.exists(os.path.join(ROOT, 'chalicelib', 'local_server.py')),
-                   reason='chalicelib/local_server.py is still in this tree (moved out by the '
-                          'dev server branch)', strict=True)
 def test_the_package_carries_no_local_server(package):
     _, zip_path = package
     with zipfile.ZipFile(zip_path) as z:

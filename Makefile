@@ -19,7 +19,8 @@ PYTEST_ARGS ?= -q
 # file or package-lock.json re-installs on the next make.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	# chalice packages with pip and supports pip<26.3 only
+	$(VENV)/bin/python -m pip install --quiet --upgrade 'pip<26.3'
 	$(VENV)/bin/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 

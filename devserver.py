@@ -49,11 +49,12 @@ from chalice.local import (LambdaContext, LambdaEventConverter, LocalGateway,
                            LocalGatewayException, MatchResult, RouteMatcher)
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
+from chalicelib import observability
+# The app's own limit, checked here too so that a larger body is refused
+# before it is read, not after it is buffered whole.
+from chalicelib.http import MAX_BODY
 
-# The app's own limit (chalicelib.http.MAX_BODY); checked here too so that a
-# larger body is refused before it is read, not after it is buffered whole.
-MAX_BODY = 64 * 1024
+PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 # File descriptors kept free for the app (sqlite files, logs) when connections
 # use up the rest: past that many connections, uvicorn answers 503 at once.
 FD_HEADROOM = 128
@@ -435,7 +436,9 @@ def main(argv=None):
     parser.add_argument('--no-access-log', dest='access_log', action='store_false',
                         help='no access-log line per request')
     args = parser.parse_args(argv)
-    # The same stdout logging `chalice local` sets up (the app's log lines show).
+    # The app's lines as readable text with their ids (as the CLI shows them);
+    # the server's own lines plain, on the same stdout.
+    observability.configure_local_logging(stream=sys.stdout)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format='%(message)s')
     logging.getLogger('asyncio').addFilter(OutOfDescriptorsOncePerSecond())
     app_obj, config = load_app(args.stage)

@@ -308,4 +308,7 @@ def configure_local_logging(level=logging.INFO, stream=None):
     handler.setFormatter(_TextFormatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
     cars_log.addHandler(handler)
     cars_log.setLevel(level)
+    # The host program may log through the root logger too (the dev server's
+    # own lines): the app's lines are written here, once.
+    cars_log.propagate = False
     return handler

@@ -252,6 +252,11 @@ def header_value(request, name):
     the lines are read from there when the event has them; servers that join
     repeated lines themselves pass the joined value in `headers`.
     """
+    value = request.headers.get(name)
+    if value is None:
+        # API Gateway puts every header it got in `headers` too (its last line),
+        # so most requests, which send no such header, stop here.
+        return None
     multi = (request.to_original_event() or {}).get('multiValueHeaders')
     if multi:
         wanted = name.lower()
@@ -259,7 +264,7 @@ def header_value(request, name):
                  for line in (values or ())]
         if lines:
             return ', '.join(lines)
-    return request.headers.get(name)
+    return value
 
 
 def etag(record):

@@ -199,6 +199,32 @@ class DynamoDBLocal:
         self.stop()
 
 
+def stream_records(endpoint, table, region=None):
+    """The table's stream as Lambda hands it over (dicts; times in epoch seconds)."""
+    import calendar
+
+    import boto3
+    ddb = boto3.client('dynamodb', endpoint_url=endpoint, region_name=region)
+    streams = boto3.client('dynamodbstreams', endpoint_url=endpoint, region_name=region)
+    arn = ddb.describe_table(TableName=table)['Table']['LatestStreamArn']
+    out = []
+    for shard in streams.describe_stream(StreamArn=arn)['StreamDescription']['Shards']:
+        it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard['ShardId'],
+                                        ShardIteratorType='TRIM_HORIZON')['ShardIterator']
+        while it:
+            page = streams.get_records(ShardIterator=it)
+            for r in page['Records']:
+                stamp = r['dynamodb']['ApproximateCreationDateTime']
+                r['dynamodb']['ApproximateCreationDateTime'] = calendar.timegm(stamp.utctimetuple())
+                r['eventSourceARN'] = arn
+                out.append(r)
+            if not page['Records']:
+                break
+            it = page.get('NextShardIterator')
+    return out
+
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description='Run DynamoDB Local (in memory) in the foreground.')
     parser.add_argument('--port', type=int, default=None, help='port to listen on (default: a free one)')

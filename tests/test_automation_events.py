@@ -1,5 +1,4 @@
 """Change events: DynamoDB stream -> SNS deployed, the sqlite outbox locally, one shape."""
-import calendar
 import json
 
 import pytest
@@ -9,6 +8,7 @@ from moto import mock_aws
 from app import app
 from chalicelib import automation, events, idempotency
 from chalicelib.store import get_store
+from dynamodb_local import stream_records
 
 COROLLA = {'make': 'Toyota', 'model': 'Corolla', 'year': 2015, 'trans': 'automatic',
            'color': 'blue'}
@@ -25,29 +25,6 @@ def make_changes(store):
     store.delete(car['id'])
     idempotency.run_once(store, 'k1', 'fp', lambda: {'id': 'x'}, namespace='test')
     return car['id']
-
-
-def stream_records(endpoint, table):
-    """The table's stream as Lambda hands it over (dicts; times in epoch seconds)."""
-    import boto3
-    ddb = boto3.client('dynamodb', endpoint_url=endpoint)
-    streams = boto3.client('dynamodbstreams', endpoint_url=endpoint)
-    arn = ddb.describe_table(TableName=table)['Table']['LatestStreamArn']
-    out = []
-    for shard in streams.describe_stream(StreamArn=arn)['StreamDescription']['Shards']:
-        it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard['ShardId'],
-                                        ShardIteratorType='TRIM_HORIZON')['ShardIterator']
-        while it:
-            page = streams.get_records(ShardIterator=it)
-            for r in page['Records']:
-                stamp = r['dynamodb']['ApproximateCreationDateTime']
-                r['dynamodb']['ApproximateCreationDateTime'] = calendar.timegm(stamp.utctimetuple())
-                r['eventSourceARN'] = arn
-                out.append(r)
-            if not page['Records']:
-                break
-            it = page.get('NextShardIterator')
-    return out
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ x86_64 host): those are checked by their wheel tags, and for running they are re
 the same project version built for this machine. Everything else runs as packaged.
 """
 import base64
-import calendar
 import glob
 import hashlib
 import json
@@ -31,6 +30,8 @@ import zipfile
 from urllib.parse import quote_plus
 
 import pytest
+
+from dynamodb_local import stream_records
 
 pytestmark = pytest.mark.slow
 
@@ -369,26 +370,7 @@ def scheduled_event():
 
 def stream_event(res):
     """The table's stream records as Lambda delivers them to the function."""
-    import boto3
-    streams = boto3.client('dynamodbstreams', endpoint_url=res['dynamodb_endpoint'],
-                           region_name=REGION)
-    arn = res['ddb'].describe_table(TableName=res['table'])['Table']['LatestStreamArn']
-    records = []
-    for shard in streams.describe_stream(StreamArn=arn)['StreamDescription']['Shards']:
-        it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard['ShardId'],
-                                        ShardIteratorType='TRIM_HORIZON')['ShardIterator']
-        while it:
-            page = streams.get_records(ShardIterator=it)
-            for r in page['Records']:
-                ddb = r['dynamodb']
-                ddb['ApproximateCreationDateTime'] = calendar.timegm(
-                    ddb['ApproximateCreationDateTime'].utctimetuple())
-                r['eventSourceARN'] = arn
-                records.append(r)
-            if not page['Records']:
-                break
-            it = page.get('NextShardIterator')
-    return {'Records': records}
+    return {'Records': stream_records(res['dynamodb_endpoint'], res['table'], REGION)}
 
 
 def body_of(response):

@@ -24,7 +24,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import policies  # noqa: E402 - deploy/ is not a package
+import monitoring  # noqa: E402 - deploy/ is not a package; log settings, alarms, dashboard
+import policies  # noqa: E402
 
 # Settings that differ between stages. Throttling: requests per second
 # (steady) and burst, for the whole stage.
@@ -510,7 +511,6 @@ def build(stage, paths=None):
             'AuthTokensParameter': {'Value': auth_parameter_name(stage)},
         },
     }
-    import monitoring  # deploy/monitoring.py: log settings, alarms, the dashboard
     return monitoring.add(template, stage)
 
 

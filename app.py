@@ -87,17 +87,22 @@ def create_car():
     except idempotency.InvalidKey as e:
         raise http.Problem(e.status, str(e), e.slug, errors=[
             {'field': 'Idempotency-Key', 'message': str(e)}])
+    absent_only = http.create_precondition(request)
     fields = cars.validate_new(http.read_body(request))
     car = {k: fields[k] for k in cars.FIELDS}
     if key is None:
-        return _created(get_store().create(car, fields.get('id')))
+        try:
+            return _created(get_store().create(car, fields.get('id')))
+        except cars.CarExists as e:
+            raise _if_absent(e, absent_only)
     # The car and the key's outcome are one write; a refusal (409) is replayed
     # too, and any other failure frees the key for a retry.
     try:
         outcome, replayed = idempotency.create_once(
             get_store(), key, idempotency.fingerprint(fields), car,
             lambda record: idempotency.outcome_of(_created(record)),
-            car_id=fields.get('id'), error_outcome=_refusal)
+            car_id=fields.get('id'),
+            error_outcome=lambda error: _refusal(_if_absent(error, absent_only)))
     except idempotency.IdempotencyError as e:
         raise http.Problem(e.status, str(e), e.slug)
     return idempotency.response_of(outcome, replayed)
@@ -106,6 +111,15 @@ def create_car():
 def _created(record):
     location = http.url_path(app.current_request, '%s/%s' % (CARS, record['id']))
     return http.car_response(record, 201, {'Location': location})
+
+
+def _if_absent(error, absent_only):
+    # Under If-None-Match: * a car that exists fails the precondition (412)
+    # rather than conflicting (409).
+    if absent_only and isinstance(error, cars.CarExists):
+        return cars.VersionMismatch(error.car_id, 'car %s exists (If-None-Match: *)'
+                                    % error.car_id)
+    return error
 
 
 def _refusal(error):
@@ -149,6 +163,7 @@ def update_car(car_id):
 @http.handles_errors
 def put_car(car_id):
     request = app.current_request
+    expect, absent_only = http.write_precondition(request), http.only_if_absent(request)
     data = http.read_body(request)
     if isinstance(data, dict) and 'id' in data:
         if data['id'] != car_id:
@@ -161,8 +176,7 @@ def put_car(car_id):
     if not cars.is_assignable_id(car_id) and get_store().get(car_id) is None:
         raise cars.InvalidCar([{'field': 'id', 'message': 'a new car id must be 4 digits 1-9'}])
     record, created = get_store().replace(
-        car_id, {k: fields[k] for k in cars.FIELDS}, http.write_precondition(request),
-        http.only_if_absent(request))
+        car_id, {k: fields[k] for k in cars.FIELDS}, expect, absent_only)
     headers = {'Location': http.url_path(request, '%s/%s' % (CARS, car_id))} if created else None
     return http.car_response(record, 201 if created else 200, headers)
 

@@ -339,6 +339,18 @@ def only_if_absent(request):
     raise Problem(400, 'on writes If-None-Match may only be "*"', 'invalid-precondition')
 
 
+def create_precondition(request):
+    """For a create: True for `If-None-Match: *` (the new car's id must be free).
+
+    `If-Match` can never hold there, as there is no current car to match
+    (RFC 9110 13.1.1), so it is a 412 before anything is written.
+    """
+    if write_precondition(request) is not None:
+        raise Problem(412, 'If-Match needs a current car, and a create makes a new one',
+                      'version-mismatch')
+    return only_if_absent(request)
+
+
 def not_modified(request, record):
     """True when If-None-Match matches the car's current tag (weak comparison)."""
     tags = _conditional(request, 'If-None-Match')

@@ -333,6 +333,13 @@ IF_NONE_MATCH_WRITE = {
                    'never does: 412 if the car exists, 404 if not; nothing changes',
     'schema': {'const': '*'},
 }
+IF_NONE_MATCH_CREATE = {
+    'name': 'If-None-Match', 'in': 'header', 'required': False,
+    'description': '`*`: create only where no car exists, as a create always does; a body '
+                   '`id` that exists is then a 412 rather than a 409. (`If-Match` on a '
+                   'create is always a 412: there is no current car to match.)',
+    'schema': {'const': '*'},
+}
 IDEMPOTENCY_KEY = {
     'name': 'Idempotency-Key', 'in': 'header', 'required': False,
     'description': 'Any string of your choice (1-255 printable ASCII characters). A retry with '
@@ -406,10 +413,10 @@ def _build(writes_protected, reads_protected):
                 'createCar', 'Add a car', dict({
                     '201': _car_response('Created (or its replay)', 'Location',
                                          'Idempotent-Replayed')},
-                    **_problems(400, *write_problems, 409, 413, 415, 422, 503)),
+                    **_problems(400, *write_problems, 409, 412, 413, 415, 422, 503)),
                 description='The server assigns an `id` (4 digits 1-9) unless the body '
                             'has one. Creating with an `id` that exists is a 409.',
-                parameters=[IDEMPOTENCY_KEY],
+                parameters=[IDEMPOTENCY_KEY, IF_NONE_MATCH_CREATE],
                 body=_body('CarNew', 'The new car, as JSON or as a form'),
                 security=write_security),
             'options': _preflight('carsPreflight'),

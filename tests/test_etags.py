@@ -264,3 +264,36 @@ def test_if_none_match_on_two_lines_in_a_lambda_event_is_one_list(store, car):
         headers=lines(If_None_Match=['*', '"1-x"'])))
     assert status == 400 and store.get(car_id) == before
     assert store.get(car_id) == before
+
+
+# --- conditional headers on a create ---------------------------------------------------
+
+def test_create_with_if_none_match_star_is_412_for_an_id_that_exists(api, store, car):
+    path, _ = car
+    existing = path[-4:]
+    before = store.get(existing)
+    r = call(api, 'POST', '/api/v1/cars', {'If-None-Match': '*'}, dict(CAR, id=existing))
+    assert r.status_code == 412 and store.get(existing) == before
+    r = call(api, 'POST', '/api/v1/cars', {'If-None-Match': '*'}, dict(CAR, id='2468'))
+    assert r.status_code == 201 and store.get('2468') is not None
+    # Without the header, the same clash is the contract's 409.
+    assert call(api, 'POST', '/api/v1/cars', None, dict(CAR, id=existing)).status_code == 409
+
+
+def test_create_refuses_if_match_and_malformed_preconditions_and_writes_nothing(api, store):
+    for headers, status in (({'If-Match': '*'}, 412), ({'If-Match': '"1-x"'}, 412),
+                            ({'If-None-Match': '"1-x"'}, 400),
+                            ({'If-None-Match': '*, "1-x"'}, 400)):
+        r = call(api, 'POST', '/api/v1/cars', headers, dict(CAR, id='1357'))
+        assert r.status_code == status, (headers, r.status_code)
+        assert json.loads(r.body)['status'] == status
+    assert store.get('1357') is None
+
+
+def test_a_replayed_create_under_if_none_match_keeps_its_412(api, store, car):
+    path, _ = car
+    headers = {'If-None-Match': '*', 'Idempotency-Key': 'inm-replay-1'}
+    body = dict(CAR, id=path[-4:])
+    first = call(api, 'POST', '/api/v1/cars', headers, body)
+    again = call(api, 'POST', '/api/v1/cars', headers, body)
+    assert first.status_code == again.status_code == 412

@@ -278,7 +278,6 @@ def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH, deadlin
             missing = set(e.unwritten)
             give_up([(line, f) for line, f in chunk if f['id'] in missing], e.reason)
             counts['written'] += sum(1 for _, f in chunk if f['id'] not in missing)
-            log.error('import from %s: %s', source, e)
         else:
             counts['written'] += len(chunk)
         if progress:

@@ -274,6 +274,27 @@ def test_put_many_sends_no_request_after_its_deadline(monkeypatch):
     assert stub.batch_calls == 1
 
 
+class RefusesBatches(UnprocessedForever):
+    """BatchWriteItem fails outright, as it does once botocore's own retries of a
+    throttled or failing table are spent."""
+
+    def batch_write_item(self, RequestItems):
+        from botocore.exceptions import ClientError
+        self.batch_calls += 1
+        raise ClientError({'Error': {'Code': 'ProvisionedThroughputExceededException',
+                                     'Message': 'throttled'}}, 'BatchWriteItem')
+
+
+def test_put_many_reports_a_refused_batch_as_unwritten_without_raising_it():
+    from chalicelib.store.base import WriteIncomplete
+    from chalicelib.store.dynamodb import DynamoDBStore
+    store = DynamoDBStore('cars')
+    store._client = stub = RefusesBatches()
+    with pytest.raises(WriteIncomplete, match='refused the batch') as refused:
+        store.put_many([{'id': '1111', 'make': 'Ford', 'model': 'Ka', 'year': 2001}])
+    assert stub.batch_calls == 1 and refused.value.unwritten == ['1111']
+
+
 def test_a_throttled_import_reports_the_rows_not_written(dynamodb_table, monkeypatch, s3):
     monkeypatch.setenv('CARS_STORE', 'dynamodb')
     from chalicelib.store import get_store

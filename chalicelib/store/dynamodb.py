@@ -391,6 +391,7 @@ class DynamoDBStore(Store):
 
     def _write_batch(self, pending, deadline):
         """Send one batch until written or out of bounds; return (left, why)."""
+        from botocore.exceptions import BotoCoreError, ClientError
         delay, longest = self.PUT_MANY_BACKOFF
         for attempt in range(self.PUT_MANY_ATTEMPTS):
             if not attempt and time.monotonic() > deadline:
@@ -401,7 +402,12 @@ class DynamoDBStore(Store):
                     return pending, 'DynamoDB left items unprocessed until the time ran out'
                 time.sleep(pause)
                 delay = min(delay * 2, longest)
-            result = self.client.batch_write_item(RequestItems={self.table: pending})
+            try:
+                result = self.client.batch_write_item(RequestItems={self.table: pending})
+            except (BotoCoreError, ClientError) as e:
+                # botocore has retried it already (throttling, 5xx, the network):
+                # the batch is reported unwritten, not raised past the report.
+                return pending, 'DynamoDB refused the batch: %s' % e
             pending = result.get('UnprocessedItems', {}).get(self.table, [])
             if not pending:
                 return pending, None

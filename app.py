@@ -7,6 +7,7 @@ from chalice import Chalice, Rate, Response
 
 from chalicelib import auth, automation, cars, config, cors, http, idempotency, observability
 from chalicelib.store import get_store
+from chalicelib.store.base import ABSENT_ONLY
 
 # configure_logs=False: Chalice would give the `cars` logger a stdout handler
 # of its own at ERROR and stop propagation, so the Lambda runtime's JSON
@@ -117,8 +118,7 @@ def _if_absent(error, absent_only):
     # Under If-None-Match: * a car that exists fails the precondition (412)
     # rather than conflicting (409).
     if absent_only and isinstance(error, cars.CarExists):
-        return cars.VersionMismatch(error.car_id, 'car %s exists (If-None-Match: *)'
-                                    % error.car_id)
+        return cars.VersionMismatch(error.car_id, ABSENT_ONLY % error.car_id)
     return error
 
 

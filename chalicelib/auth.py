@@ -22,7 +22,9 @@ Two enforcement points share `check()`:
   routes when the stage names an SSM parameter, so a deployed API Gateway
   turns away bad tokens before the API function runs (and caches the
   verdict per token). The middleware then trusts the gateway's verdict
-  (`requestContext.authorizer.principalId`) instead of checking again. The
+  (`requestContext.authorizer.principalId`) instead of comparing the token
+  again, but still refuses (400) a request with two credentials, since which
+  line API Gateway hands the authorizer is not documented. The
   gateway's own 401/403 bodies are shaped by its UNAUTHORIZED and
   ACCESS_DENIED gateway responses (see the deployment template).
 

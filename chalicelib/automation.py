@@ -309,8 +309,9 @@ def import_valid(store, valid, source, progress=None, batch=WRITE_BATCH, deadlin
 def import_data(store, name, data, source=None, progress=None, deadline=None):
     """Import a file's bytes, writing the valid rows; return the report dict.
 
-    `status` is `imported`, `imported with errors` (some rows invalid or not
-    written: see `errors` and `not_written`) or `rejected`.
+    `status` is `imported`, `imported with errors` (some rows invalid: see
+    `errors`), `incomplete` (some valid rows not written, the store refusing
+    or the time running out: `not_written`) or `rejected`.
     """
     import hashlib
     started = _now()
@@ -364,6 +365,8 @@ def import_object_created(detail, s3=None, store=None, remaining_ms=None):
     # S3 sends the key URL-encoded, as in a query string: "my cars.csv"
     # arrives as "my+cars.csv", a literal "+" as "%2B", UTF-8 as %XX bytes.
     key = unquote_plus(detail['object']['key'])
+    # The lines of this import name the object by its real key, as its report does.
+    observability.bind(s3Bucket=bucket, s3Key=key)
     deadline = None
     if remaining_ms is not None:
         import time

@@ -14,6 +14,7 @@ import click
 
 from chalicelib import automation, cars, config, events, observability
 from chalicelib import store as store_module
+from chalicelib.store.base import WriteIncomplete
 
 
 def _store(kind=None):
@@ -188,7 +189,12 @@ def copy(source, target, batch):
     with click.progressbar(length=len(records), label='copying', file=sys.stderr) as bar:
         for start in range(0, len(records), batch):
             chunk = records[start:start + batch]
-            dst.put_many([{k: r.get(k) for k in automation.COLUMNS} for r in chunk])
+            try:
+                dst.put_many([{k: r.get(k) for k in automation.COLUMNS} for r in chunk])
+            except WriteIncomplete as e:
+                raise click.ClickException(
+                    'stopped after %d car(s): %s; not written: %s. Run the same copy again '
+                    'to finish it.' % (start + e.written, e.reason, ', '.join(e.unwritten)))
             bar.update(len(chunk))
     click.echo('copied %d car(s) from %s to %s' % (len(records), source, target))
 

@@ -230,13 +230,8 @@ def _fields_of(event, kind):
         if car_id and len(car_id) == 4 and car_id.isascii() and car_id.isdigit():
             fields['carId'] = car_id
         return fields
-    if kind == 'CloudWatchEvent':
-        detail = event.detail or {}
-        bucket = (detail.get('bucket') or {}).get('name')
-        key = (detail.get('object') or {}).get('key')
-        if bucket and key:
-            return {'s3Bucket': bucket, 's3Key': key}
-    # SQS messages and stream records are bound one by one where they are handled.
+    # S3 objects (bound with their decoded key), SQS messages and stream
+    # records are bound where they are handled.
     return {}
 
 

@@ -12,18 +12,18 @@ stdout, which Lambda files as INFO, so a higher level would drop them.
 """
 import json
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# Logical ids Chalice gives app.py's functions, and our table (one list, in policies.py).
+from policies import API_HANDLER, FUNCTIONS, TABLE  # noqa: E402 - deploy/ is not a package
+from policies import PUBLISH_CHANGES as STREAM_CONSUMER  # noqa: E402
+from policies import TOKEN_AUTHORIZER as AUTHORIZER  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Logical ids Chalice gives app.py's functions and REST API, and our table.
-FUNCTIONS = ('APIHandler', 'TokenAuthorizer', 'IngestQueue', 'ImportUpload',
-             'PublishChanges', 'ScheduledExport')
-API_HANDLER = 'APIHandler'
-AUTHORIZER = 'TokenAuthorizer'
-STREAM_CONSUMER = 'PublishChanges'
 REST_API = 'RestAPI'
 API_STAGE = 'api'
-TABLE = 'CarsTable'
 
 ALARM_TOPIC = 'AlarmTopic'
 ALARM_EMAIL = 'AlarmEmail'

@@ -65,7 +65,11 @@ class Smoke(object):
     def step(self, name, check):
         started = time.monotonic()
         try:
-            detail = check()
+            try:
+                detail = check()
+            except (KeyError, TypeError, AttributeError, ValueError) as e:
+                # A 2xx whose body is not the API's (a proxy's HTML page, say).
+                raise StepFailed('unexpected answer: %s: %s' % (type(e).__name__, e)) from e
         except StepFailed as e:
             self.out.write('FAIL  %-18s %s\n' % (name, e))
             self.out.flush()

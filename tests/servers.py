@@ -55,7 +55,9 @@ class LocalServer(object):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError('server exited with %s' % self.proc.returncode)
+                code = self.proc.returncode
+                self.stop()
+                raise RuntimeError('server exited with %s' % code)
             try:
                 urllib.request.urlopen(self.url + '/', timeout=1).read()
                 return self

@@ -280,7 +280,7 @@ BUCKET = 'cars-logs-test'
 def test_an_import_with_refused_rows_is_a_warning_with_bucket_and_key(
         lambda_logs, sqlite_store, monkeypatch, capsys):
     monkeypatch.setenv('CARS_BUCKET', BUCKET)
-    key = 'imports/batch.csv'
+    key = 'imports/my batch.csv'  # S3 sends it encoded: imports/my+batch.csv
     with mock_aws():
         import boto3
         s3 = boto3.client('s3', region_name='us-east-1')
@@ -290,7 +290,8 @@ def test_an_import_with_refused_rows_is_a_warning_with_bucket_and_key(
         event = {'version': '0', 'id': str(uuid.uuid4()), 'detail-type': 'Object Created',
                  'source': 'aws.s3', 'account': '123456789012', 'time': '2024-01-01T00:00:00Z',
                  'region': 'us-east-1', 'resources': [],
-                 'detail': {'bucket': {'name': BUCKET}, 'object': {'key': key, 'size': 1},
+                 'detail': {'bucket': {'name': BUCKET},
+                            'object': {'key': 'imports/my+batch.csv', 'size': 1},
                             'reason': 'PutObject'}}
         invoke(app_module.import_upload, event)
 

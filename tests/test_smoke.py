@@ -137,6 +137,7 @@ def serve(handler):
 
 
 def test_smoke_deletes_its_car_when_a_later_step_fails():
+    _BrokenReads.requests = []
     with serve(_BrokenReads) as url:
         result = run_smoke(url)
     assert result.returncode == 1

@@ -328,7 +328,7 @@ class DynamoDBStore(Store):
             if not self._failed_condition(e):
                 raise
             if only_if_absent:
-                raise cars.VersionMismatch(car_id, 'car %s already exists' % car_id)
+                raise cars.VersionMismatch(car_id, ABSENT_ONLY % car_id)
             if not e.response.get('Item'):
                 raise cars.VersionMismatch(car_id, 'car %s does not exist' % car_id)
             raise cars.VersionMismatch(car_id)

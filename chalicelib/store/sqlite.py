@@ -255,7 +255,7 @@ class SqliteStore(Store):
         with self.transaction() as c:
             current = self.get(car_id, c)
             if only_if_absent and current is not None:
-                raise cars.VersionMismatch(car_id, 'car %s already exists' % car_id)
+                raise cars.VersionMismatch(car_id, ABSENT_ONLY % car_id)
             if current is None and expect is not None:
                 raise cars.VersionMismatch(car_id, 'car %s does not exist' % car_id)
             self._check(car_id, current, expect)

@@ -322,24 +322,23 @@ IF_NONE_MATCH_READ = {
     'description': '304 Not Modified when the car\'s current `ETag` is one of these',
     'schema': {'type': 'string'},
 }
-IF_NONE_MATCH_PUT = {
-    'name': 'If-None-Match', 'in': 'header', 'required': False,
-    'description': '`*`: create only, never replace (412 if the car exists)',
-    'schema': {'const': '*'},
-}
-IF_NONE_MATCH_WRITE = {
-    'name': 'If-None-Match', 'in': 'header', 'required': False,
-    'description': '`*`: write only where no car exists, which this method, needing a car, '
-                   'never does: 412 if the car exists, 404 if not; nothing changes',
-    'schema': {'const': '*'},
-}
-IF_NONE_MATCH_CREATE = {
-    'name': 'If-None-Match', 'in': 'header', 'required': False,
-    'description': '`*`: create only where no car exists, as a create always does; a body '
-                   '`id` that exists is then a 412 rather than a 409. (`If-Match` on a '
-                   'create is always a 412: there is no current car to match.)',
-    'schema': {'const': '*'},
-}
+
+
+def _if_none_match_star(description):
+    """`If-None-Match` on a write, where only `*` is accepted."""
+    return {'name': 'If-None-Match', 'in': 'header', 'required': False,
+            'description': description, 'schema': {'const': '*'}}
+
+
+IF_NONE_MATCH_PUT = _if_none_match_star(
+    '`*`: create only, never replace (412 if the car exists)')
+IF_NONE_MATCH_WRITE = _if_none_match_star(
+    '`*`: write only where no car exists, which this method, needing a car, never does: '
+    '412 if the car exists, 404 if not; nothing changes')
+IF_NONE_MATCH_CREATE = _if_none_match_star(
+    '`*`: create only where no car exists, as a create always does; a body `id` that '
+    'exists is then a 412 rather than a 409. (`If-Match` on a create is always a 412: '
+    'there is no current car to match.)')
 IDEMPOTENCY_KEY = {
     'name': 'Idempotency-Key', 'in': 'header', 'required': False,
     'description': 'Any string of your choice (1-255 printable ASCII characters). A retry with '

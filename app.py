@@ -5,7 +5,9 @@ HTTP concerns (problems, ETags, cursors) in http.py.
 """
 from chalice import Chalice, Rate, Response
 
-from chalicelib import auth, automation, cars, config, cors, http, idempotency, observability
+from chalicelib import automation, config, http, observability
+from chalicelib.domain import cars, idempotency
+from chalicelib.http import auth, cors
 from chalicelib.store import get_store
 from chalicelib.store.base import ABSENT_ONLY
 
@@ -32,7 +34,7 @@ def token_authorizer(auth_request):
     return auth.authorize(auth_request)
 
 
-# Attached only where the stage keeps its tokens in SSM (see chalicelib/auth.py);
+# Attached only where the stage keeps its tokens in SSM (see chalicelib/http/auth.py);
 # elsewhere auth.middleware alone checks tokens, with problem bodies.
 WRITE_AUTH = token_authorizer if auth.gateway_enforced() else None
 READ_AUTH = WRITE_AUTH if auth.reads_protected() else None
@@ -194,19 +196,19 @@ def delete_car(car_id):
 @app.route('/api/v1/openapi.json', methods=['GET'], content_types=ANY_BODY)
 @http.handles_errors
 def openapi_document():
-    from chalicelib import openapi
+    from chalicelib.http import openapi
     return Response(body=openapi.document_json(), headers={'Content-Type': http.JSON})
 
 
 @app.route('/api/v1/docs', methods=['GET'], content_types=ANY_BODY)
 @http.handles_errors
 def docs_page():
-    from chalicelib import docs
+    from chalicelib.http import docs
     return Response(body=docs.page(), headers={'Content-Type': 'text/html; charset=utf-8'})
 
 
 # --- automation: event handlers ---------------------------------------------------
-# Thin: each hands its event to chalicelib/automation.py. The queue name, the
+# Thin: each hands its event to chalicelib/automation/. The queue name, the
 # bucket in the EventBridge pattern and the stream ARN are placeholders that
 # the deployment template overrides with the real resources; the template also
 # sets ReportBatchItemFailures on the queue's event source mapping, which

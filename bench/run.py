@@ -115,7 +115,8 @@ def call(handler, event, status):
 def fill_sqlite(path, n):
     """A sqlite store file holding the first n assignable ids (the CLI's bulk path)."""
     os.environ['CARS_DB_PATH'] = path
-    from chalicelib import cars, config
+    from chalicelib import config
+    from chalicelib.domain import cars
     from chalicelib.store import get_store
     config.reload()
     ids = cars.all_assignable_ids()[:n]
@@ -277,7 +278,7 @@ def bench_dynamodb(args, tmp):
     try:
         os.environ.update(FAKE_AWS)
         import boto3
-        from chalicelib import table
+        from chalicelib.store import table
         client = boto3.client('dynamodb', endpoint_url=ddb.endpoint)
         table.create_table(client, 'bench-cars')
         car_id = '1111'

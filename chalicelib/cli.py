@@ -12,7 +12,8 @@ import time
 
 import click
 
-from chalicelib import automation, cars, config, events, observability
+from chalicelib import automation, config, observability
+from chalicelib.domain import cars, events
 from chalicelib import store as store_module
 from chalicelib.store.base import WriteIncomplete
 
@@ -48,7 +49,7 @@ def init():
         return
     import boto3
 
-    from chalicelib import table
+    from chalicelib.store import table
     try:
         name = config.table_name()
     except config.ConfigError as e:

@@ -122,7 +122,7 @@ def statements(function, stage):
     """The statements of `function`'s policy, besides logs and tracing."""
     if function == API_HANDLER:
         # Writes are checked by the authorizer in front of it, so the API
-        # function never reads the tokens (chalicelib/auth.py).
+        # function never reads the tokens (chalicelib/http/auth.py).
         return [_table(function)]
     if function == TOKEN_AUTHORIZER:
         return _tokens(stage)

@@ -10,7 +10,7 @@ somewhere for failures to go, and gives each role its own policy
 its own template by logical id (lists are replaced whole). `build()` returns the
 whole merge template; add to it there.
 
-The table's properties come from chalicelib/table.json, the file `cli init`
+The table's properties come from chalicelib/store/table.json, the file `cli init`
 and the tests create the table from, so the deployed table cannot drift from
 the one the code is tested against.
 
@@ -22,10 +22,12 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# deploy/ is not a package; the repository root holds app.py and chalicelib.
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), ROOT]
 
 import monitoring  # noqa: E402 - deploy/ is not a package; log settings, alarms, dashboard
 import policies  # noqa: E402
+from chalicelib.store import table  # noqa: E402
 
 # Settings that differ between stages. Throttling: requests per second
 # (steady) and burst, for the whole stage.
@@ -103,8 +105,7 @@ def auth_parameter_name(stage):
 
 
 def table_properties():
-    with open(os.path.join(ROOT, 'chalicelib', 'table.json')) as f:
-        return json.load(f)
+    return table.cloudformation_properties()
 
 
 def _sub(text):
@@ -162,16 +163,12 @@ def problem_template(status, slug, title, detail):
     return body
 
 
-# The 401 names the scheme, as the app's own 401 does (chalicelib/auth.py).
+# The 401 names the scheme, as the app's own 401 does (chalicelib/http/auth.py).
 CHALLENGE = 'Bearer realm="cars"'
 
 
 def _cors_expose_headers():
-    sys.path.insert(0, ROOT)
-    try:
-        from chalicelib import cors
-    finally:
-        sys.path.remove(ROOT)
+    from chalicelib.http import cors
     return cors.EXPOSE_HEADERS
 
 
@@ -183,7 +180,7 @@ def _header(value):
 def cors_conditions():
     """CORS on API Gateway's own errors, from the CorsOrigins parameter.
 
-    chalicelib/cors.py echoes the caller's origin when it is one of the
+    chalicelib/http/cors.py echoes the caller's origin when it is one of the
     allowed ones. A gateway response cannot: its headers are fixed when the
     stage is deployed. So with one origin (or `*`) the gateway's errors carry
     it, as the app's answers would; with several they carry none: one fixed
@@ -226,11 +223,7 @@ def gateway_responses():
 
 def api_paths():
     """The app's route paths, so each can send unknown methods to the function."""
-    sys.path.insert(0, ROOT)
-    try:
-        from app import app
-    finally:
-        sys.path.remove(ROOT)
+    from app import app
     return sorted(app.routes)
 
 

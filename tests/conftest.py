@@ -72,7 +72,7 @@ from stores import (api, dynamodb_table, dynamodb_table_with_stream, sqlite_path
 # deployed function that made it, so each function's IAM role can be checked
 # against what its code really calls. Calls from test setup (moto, DynamoDB
 # Local fixtures) and from operator tools that do not run in Lambda
-# (chalicelib/table.py, chalicelib/cli.py) are left out.
+# (chalicelib/store/table.py, chalicelib/cli.py) are left out.
 
 # app.py's handlers and the logical ids of the functions Chalice makes of them;
 # every other function in app.py is an API view, served by APIHandler.
@@ -96,7 +96,7 @@ def _record_aws_calls(path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     app_file = os.path.join(root, 'app.py')
     app_files = (app_file, os.path.join(root, 'chalicelib') + os.sep)
-    tool_files = tuple(os.path.join(root, 'chalicelib', f) for f in ('table.py', 'cli.py'))
+    tool_files = tuple(os.path.join(root, 'chalicelib', f) for f in ('store/table.py', 'cli.py'))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     original = BaseClient._make_api_call
     lock = threading.Lock()

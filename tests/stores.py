@@ -8,13 +8,13 @@ import uuid
 import pytest
 
 from chalicelib import store as store_module
-from chalicelib import table
+from chalicelib.store import table
 
 STORE_KINDS = ['sqlite', 'dynamodb']
 
 
 def new_dynamodb_table(endpoint, properties=None, stream=False):
-    """Create a table from `properties` (default: chalicelib/table.json).
+    """Create a table from `properties` (default: chalicelib/store/table.json).
 
     The stream is left off unless a test reads it: DynamoDB Local keeps every
     stream record, even of deleted tables, and slows down for the rest of the
@@ -43,7 +43,7 @@ def table_fixture(endpoint, monkeypatch, stream=False, properties=None):
 
 @pytest.fixture
 def dynamodb_table(dynamodb_endpoint, monkeypatch):
-    """A fresh table made from chalicelib/table.json; the env points the app at it."""
+    """A fresh table made from chalicelib/store/table.json; the env points the app at it."""
     yield from table_fixture(dynamodb_endpoint, monkeypatch)
 
 

@@ -5,7 +5,7 @@ import urllib.parse
 
 import pytest
 
-from chalicelib import cars
+from chalicelib.domain import cars
 
 JSON = {'Content-Type': 'application/json'}
 FORM = {'Content-Type': 'application/x-www-form-urlencoded'}

@@ -6,7 +6,8 @@ import logging
 import pytest
 import requests
 
-from chalicelib import auth, cars
+from chalicelib.domain import cars
+from chalicelib.http import auth
 from gateway_events import invoke, rest_event
 from servers import LocalServer
 from stores import server_env

@@ -6,7 +6,8 @@ from chalice.test import Client
 from moto import mock_aws
 
 from app import app
-from chalicelib import automation, events, idempotency
+from chalicelib import automation
+from chalicelib.domain import events, idempotency
 from chalicelib.store import get_store
 from dynamodb_local import stream_records
 
@@ -97,7 +98,7 @@ def test_a_failed_write_leaves_no_event(sqlite_path, monkeypatch):
     monkeypatch.setenv('CARS_STORE', 'sqlite')
     store = get_store()
     car = store.create(dict(COROLLA))
-    from chalicelib import cars
+    from chalicelib.domain import cars
     with pytest.raises(cars.VersionMismatch):
         store.update(car['id'], {'color': 'red'}, expect=('stale',))
     assert [e['type'] for _, e in events.outbox_read(store.connect())] == ['car.created']

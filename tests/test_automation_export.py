@@ -8,7 +8,7 @@ from chalice.test import Client
 from moto import mock_aws
 
 from app import app
-from chalicelib import cars
+from chalicelib.domain import cars
 
 
 def test_the_daily_export_writes_every_car_as_jsonl_and_csv(store, monkeypatch):

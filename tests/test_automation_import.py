@@ -8,7 +8,8 @@ from chalice.test import Client
 from moto import mock_aws
 
 from app import app
-from chalicelib import automation, cars
+from chalicelib import automation
+from chalicelib.domain import cars
 
 BUCKET = 'cars-test-bucket'
 

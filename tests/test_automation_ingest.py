@@ -5,7 +5,7 @@ import uuid
 from chalice.test import Client
 
 from app import app
-from chalicelib import cars
+from chalicelib.domain import cars
 
 
 def sqs_record(body, message_id=None):

@@ -12,7 +12,8 @@ import json
 import pytest
 import requests
 
-from chalicelib import cars, http
+from chalicelib import http
+from chalicelib.domain import cars
 from servers import LocalServer
 from stores import server_env
 

@@ -7,7 +7,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from chalicelib import automation, cars
+from chalicelib import automation
+from chalicelib.domain import cars
 from chalicelib import store as store_module
 from chalicelib.cli import cli
 

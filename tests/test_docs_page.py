@@ -13,7 +13,7 @@ import pytest
 from chalice.test import Client
 
 import app as app_module
-from chalicelib import openapi
+from chalicelib.http import openapi
 from servers import LocalServer
 
 pytestmark = [pytest.mark.http]

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from chalicelib import cars
+from chalicelib.domain import cars
 
 JSON = {'Content-Type': 'application/json'}
 CAR = {'make': 'Volvo', 'model': '240', 'year': 1988, 'color': 'green'}

@@ -108,7 +108,7 @@ def test_concurrent_creates_never_share_an_id(dev_server):
 @pytest.mark.http
 def test_concurrent_creates_fill_the_last_free_ids_exactly(dev_server, store):
     server = dev_server
-    from chalicelib import cars
+    from chalicelib.domain import cars
     every = cars.all_assignable_ids()
     free = set(every[::300])  # 22 ids left free
     store.put_many([{'id': i, 'make': 'A', 'model': 'B', 'year': 2000}

@@ -7,7 +7,8 @@ import threading
 import pytest
 import requests
 
-from chalicelib import automation, cars, http, idempotency
+from chalicelib import automation, http
+from chalicelib.domain import cars, idempotency
 from chalicelib.store.base import AlsoRefused
 from servers import LocalServer
 from stores import server_env

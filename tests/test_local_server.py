@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from chalicelib import cars
+from chalicelib.domain import cars
 from chalicelib.store.sqlite import SqliteStore
 from servers import LocalServer
 

@@ -145,7 +145,7 @@ def test_the_dashboard_shows_every_alarm_function_queue_and_metric(templates, st
 def emitted_metric_names():
     """The metric names the app's code counts (observability.count and the write table)."""
     names = set()
-    for path in glob.glob(os.path.join(ROOT, 'chalicelib', '*.py')):
+    for path in glob.glob(os.path.join(ROOT, 'chalicelib', '**', '*.py'), recursive=True):
         with open(path) as f:
             text = f.read()
         names.update(re.findall(r"observability\.count\('(\w+)'", text))

@@ -11,7 +11,8 @@ from chalice.test import Client
 from openapi_spec_validator import validate
 
 import app as app_module
-from chalicelib import cars, openapi
+from chalicelib.domain import cars
+from chalicelib.http import openapi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ('get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace')
@@ -226,6 +227,6 @@ def test_every_problem_type_the_code_emits_is_documented(served):
 def test_document_is_cached_and_costs_nothing_at_import():
     assert openapi.document() is openapi.document()
     code = ('import sys, app; '
-            'assert "chalicelib.openapi" not in sys.modules; '
-            'assert "chalicelib.docs" not in sys.modules')
+            'assert "chalicelib.http.openapi" not in sys.modules; '
+            'assert "chalicelib.http.docs" not in sys.modules')
     subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True)

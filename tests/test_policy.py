@@ -201,7 +201,7 @@ def test_the_authorizer_reads_the_stages_tokens_from_ssm(monkeypatch):
     from moto import mock_aws
 
     from app import app
-    from chalicelib import auth
+    from chalicelib.http import auth
     name = resources.auth_parameter_name('dev')
     monkeypatch.setenv('CARS_AUTH_SSM_PARAMETER', name)
     monkeypatch.delenv('CARS_AUTH_TOKENS', raising=False)

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from chalicelib import cars
+from chalicelib.domain import cars
 from chalicelib import store as store_module
 
 CAR = {'make': 'Toyota', 'model': 'Corolla', 'year': 2015, 'trans': 'automatic', 'color': 'blue'}

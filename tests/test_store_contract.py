@@ -6,8 +6,8 @@ by subclassing it and overriding that fixture.
 """
 import pytest
 
-from chalicelib import cars
-from chalicelib.cars import Filters
+from chalicelib.domain import cars
+from chalicelib.domain.cars import Filters
 
 CAR = {'make': 'Toyota', 'model': 'Corolla', 'year': 2015, 'trans': 'automatic',
        'color': 'blue'}

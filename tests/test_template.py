@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, 'deploy'))
 import resources  # noqa: E402
 
 from chalicelib import store as store_module  # noqa: E402
-from chalicelib import table  # noqa: E402
+from chalicelib.store import table  # noqa: E402
 from stores import table_fixture  # noqa: E402
 # Every contract test, collected again in this module with the fixtures below.
 from test_api_contract import *  # noqa: E402,F401,F403

@@ -13,7 +13,7 @@ which need a car, never write: VersionMismatch on a car, CarNotFound where
 there is none. The write's own check decides, like `expect`'s.
 
 `also` on create: another write committed atomically with the new car, so
-that a caller (chalicelib/idempotency.py) can record what the create produced
+that a caller (chalicelib/domain/idempotency.py) can record what the create produced
 in the same write: both happen, or neither does. Its form depends on the store:
 sqlite calls `also(conn, record)` inside the car's transaction, after the
 insert; DynamoDB calls `also(record)` for a TransactWriteItems entry (e.g.

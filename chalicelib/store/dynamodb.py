@@ -18,7 +18,8 @@ import random
 import threading
 import time
 
-from chalicelib import cars, config
+from chalicelib import config
+from chalicelib.domain import cars
 from chalicelib.store.base import ABSENT_ONLY, AlsoRefused, Store, WriteIncomplete, now_iso
 
 CAR_PK = 'CAR'

@@ -11,7 +11,7 @@ import random
 import sqlite3
 import threading
 
-from chalicelib import cars, events
+from chalicelib.domain import cars, events
 from chalicelib.store.base import ABSENT_ONLY, Store, now_iso
 
 COLUMNS = ('id', 'make', 'model', 'year', 'trans', 'color',

@@ -10,7 +10,9 @@ cached per year and per those settings: other routes never pay for it.
 """
 import json
 
-from chalicelib import auth, cars, http
+from chalicelib import http
+from chalicelib.domain import cars
+from chalicelib.http import auth
 
 TITLE = 'Car inventory API'
 VERSION = '1.0.0'

@@ -9,7 +9,7 @@ import html
 import json
 import re
 
-from chalicelib import openapi
+from chalicelib.http import openapi
 
 _cache = {}
 

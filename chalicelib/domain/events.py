@@ -15,7 +15,7 @@ prints them. Both paths build the event with `build_event`.
 import json
 import os
 
-from chalicelib import cars
+from chalicelib.domain import cars
 from chalicelib.store.base import iso_utc, now_iso
 
 CREATED = 'car.created'

@@ -4,7 +4,7 @@ Modules only some requests need (hashing for cursors) are imported where used:
 a cold start pays for what its request uses.
 
 Routes in app.py translate requests into domain calls through these helpers;
-the domain (chalicelib.cars) and the stores know nothing of HTTP.
+the domain (chalicelib.domain.cars) and the stores know nothing of HTTP.
 """
 import functools
 import json
@@ -13,7 +13,7 @@ import urllib.parse
 
 from chalice import Response
 
-from chalicelib import cars
+from chalicelib.domain import cars
 
 log = logging.getLogger('cars.http')
 

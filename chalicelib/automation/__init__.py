@@ -5,7 +5,7 @@ The handlers in app.py translate Lambda events into calls here; the CLI
 heavy is imported at module level: boto3 is imported inside the functions that
 talk to AWS, so the API's cold start never pays for automation.
 
-Exactly-once writes use chalicelib.idempotency (the API's Idempotency-Key
+Exactly-once writes use chalicelib.domain.idempotency (the API's Idempotency-Key
 machinery) with their own namespaces: `sqs` keyed by the SQS message id, and
 `import` keyed by the imported file and row.
 """
@@ -17,7 +17,8 @@ import logging
 import os
 import posixpath
 
-from chalicelib import cars, config, events, idempotency, observability
+from chalicelib import config, observability
+from chalicelib.domain import cars, events, idempotency
 from chalicelib.store import get_store
 
 log = logging.getLogger('cars.automation')

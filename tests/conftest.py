@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+import missing_tools
 from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing, INSTALL_HINT
 
 # Fake credentials and a region for the whole session, set at import so that no
@@ -26,8 +27,13 @@ from chalicelib import config as _config  # noqa: E402
 _config.REMEMBER = False
 
 
-def _in_ci():
-    return os.environ.get('CI', '').strip().lower() in ('1', 'true', 'yes')
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    # After pytest's own short summary, so it is the last thing before the counts.
+    yield
+    for what, count in missing_tools.untested(terminalreporter.stats.get('skipped', ())).items():
+        terminalreporter.write_line('%s: %s (%d test%s skipped; CI fails instead)' % (
+            missing_tools.PREFIX, what, count, '' if count == 1 else 's'), red=True, bold=True)
 
 
 def pytest_collection_modifyitems(items):
@@ -49,10 +55,7 @@ def dynamodb_endpoint():
     try:
         ddb.start()
     except DynamoDBLocalMissing as exc:
-        message = '%s; %s' % (exc, INSTALL_HINT)
-        if _in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing_tools.skip_or_fail('the DynamoDB store', '%s; %s' % (exc, INSTALL_HINT))
     try:
         yield ddb.endpoint
     finally:

@@ -1,4 +1,4 @@
-"""The contract of ../shared/CONTRACT.md, through the Lambda entry point, on both stores."""
+"""The API contract (docs/api.md), through the Lambda entry point, on both stores."""
 import json
 import re
 import urllib.parse
@@ -418,3 +418,16 @@ def test_location_and_link_keep_the_stage_prefix_of_the_gateway_domain(api, stor
                                   '/api/v1/docs'])
 def test_a_get_carrying_a_content_type_header_is_still_answered(api, path):
     assert api.http.get(path, headers={'Content-Type': 'text/plain'}).status_code == 200
+
+
+# --- text is stored in one Unicode form ----------------------------------------------
+
+def test_text_is_stored_composed_so_either_spelling_finds_the_car(api):
+    # "Citroe\u0308n" (e + combining diaeresis) and "Citro\u00ebn" are the same
+    # name typed two ways; NFC makes them one stored value and one filter.
+    car = create(api, dict(COROLLA, make='Citroe\u0308n', model='Dyane 6'))
+    assert car['make'] == 'Citro\u00ebn'
+    assert body(api.http.get('/api/v1/cars/' + car['id']))['make'] == 'Citro\u00ebn'
+    for spelling in ('Citro\u00ebn', 'Citroe\u0308n', 'CITRO\u00cbN'):
+        found = list_all(api, '?make=' + urllib.parse.quote(spelling))['cars']
+        assert [c['id'] for c in found] == [car['id']], spelling

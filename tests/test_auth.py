@@ -288,7 +288,8 @@ def test_ssm_stages_attach_the_authorizer_to_write_routes_only(ssm_app):
     assert routes['/api/v1/health']['GET'].authorizer is None
 
 
-def test_behind_the_authorizer_the_app_trusts_the_gateway_verdict(ssm_app, store_kind):
+def test_under_chalice_local_the_authorizer_admits_a_good_token_and_refuses_a_bad_one(
+        ssm_app, store_kind):
     from chalice.test import Client
     module, fetched = ssm_app
     with Client(module.app) as client:
@@ -386,3 +387,61 @@ def test_over_http_authorization_on_two_lines_is_400_and_changes_nothing(store_k
             conn.close()
     assert store.count() == 0
     assert status == 400 and b'beta-token' not in text
+
+
+# --- what a hostile caller tries -------------------------------------------------------
+
+
+def test_tokens_are_compared_in_constant_time_with_every_accepted_token(monkeypatch):
+    # Every accepted token goes through hmac.compare_digest, and the loop does
+    # not stop at a match: neither the answer's time nor an early exit tells
+    # a caller how close a guess came, or which token it matched.
+    import hmac
+    real, compared = hmac.compare_digest, []
+
+    def recording(a, b):
+        compared.append(b)
+        return real(a, b)
+    monkeypatch.setattr(hmac, 'compare_digest', recording)
+    accepted = ['alpha-token', 'beta-token', 'gamma-token']
+    assert auth.is_valid('alpha-token', accepted)
+    assert compared == [t.encode() for t in accepted]
+    compared.clear()
+    assert not auth.is_valid('alpha-toke', accepted)
+    assert compared == [t.encode() for t in accepted]
+
+
+@pytest.mark.parametrize('origin', ['https://evil.example', 'https://shop.example.evil.example',
+                                    'https://shop.exampl', 'http://shop.example', 'null'])
+def test_a_preflight_from_an_origin_not_configured_is_granted_nothing(api, car_id, monkeypatch,
+                                                                     origin):
+    monkeypatch.setenv('CARS_CORS_ORIGINS', 'https://shop.example')
+    for path in ('/api/v1/cars', '/api/v1/cars/' + car_id):
+        r = api.http.request('OPTIONS', path, headers={
+            'Origin': origin, 'Access-Control-Request-Method': 'DELETE',
+            'Access-Control-Request-Headers': 'Authorization'})
+        assert r.status_code == 204
+        granted = [name for name in r.headers if name.lower().startswith('access-control-allow')]
+        assert granted == [], (path, origin, r.headers)
+        assert r.headers['Vary'] == 'Origin'
+
+
+def test_behind_the_authorizer_the_api_function_never_reads_the_tokens(ssm_app, store,
+                                                                         monkeypatch):
+    # Only the authorizer's role may read the SSM parameter. A write the
+    # gateway has allowed must not be checked again by the API function: with
+    # the parameter out of its reach, a second check would fail (503) or, with
+    # the token rotated since the verdict, refuse a request the gateway let in.
+    _, fetched = ssm_app
+
+    def out_of_reach(name):
+        fetched.append(name)
+        raise RuntimeError('AccessDenied: the API function has no ssm:GetParameter')
+    monkeypatch.setattr(auth, '_fetch_ssm', out_of_reach)
+    auth.clear_cache()
+    status, _, out, _ = invoke(rest_event(
+        'POST', '/api/v1/cars', body=CAR, authorizer={'principalId': auth.PRINCIPAL},
+        headers=[('Content-Type', 'application/json'), ('Authorization', 'Bearer rotated')]))
+    assert status == 201, out
+    assert fetched == []
+    assert store.count() == 1

@@ -2,6 +2,8 @@
 import json
 import uuid
 
+import pytest
+
 from chalice.test import Client
 
 from app import app
@@ -118,3 +120,28 @@ def test_a_full_id_space_is_reported_not_raised(sqlite_path, monkeypatch):
     store.put_many([dict(COROLLA, id=i) for i in cars.all_assignable_ids()])
     message = sqs_record(COROLLA)
     assert deliver(message) == {'batchItemFailures': [{'itemIdentifier': message['messageId']}]}
+
+
+@pytest.mark.parametrize('car', [COROLLA, dict(COROLLA, id='4321')],
+                         ids=['create', 'create-or-replace'])
+def test_a_redelivery_while_the_first_delivery_is_still_writing_is_reported_for_retry(
+        store, monkeypatch, car):
+    # SQS may hand the same message to a second invocation while the first is
+    # still inside its write. The second must not write, and must not let the
+    # message be deleted either: it reports it, so SQS retries it later.
+    record = sqs_record(car)
+    write = 'create' if 'id' not in car else 'replace'
+    real, redelivered = getattr(store, write), []
+
+    def write_during_redelivery(*args, **kwargs):
+        if not redelivered:
+            redelivered.append(deliver(record))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(store, write, write_during_redelivery)
+    first = deliver(record)
+    assert redelivered == [{'batchItemFailures': [{'itemIdentifier': record['messageId']}]}]
+    assert first == {'batchItemFailures': []}
+    assert len(all_cars(store)) == 1
+    # The retry, once the first delivery is done, is a replay: still one car.
+    assert deliver(record) == {'batchItemFailures': []}
+    assert len(all_cars(store)) == 1

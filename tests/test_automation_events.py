@@ -6,8 +6,8 @@ from chalice.test import Client
 from moto import mock_aws
 
 from app import app
-from chalicelib import automation
-from chalicelib.domain import events, idempotency
+from chalicelib.automation import aws, publish
+from chalicelib.domain import idempotency
 from chalicelib.store import get_store
 from dynamodb_local import stream_records
 
@@ -84,7 +84,7 @@ def test_sqlite_writes_the_same_events_to_its_outbox(sqlite_path, monkeypatch):
     monkeypatch.setenv('CARS_STORE', 'sqlite')
     store = get_store()
     car_id = make_changes(store)
-    got = [e for _, e in events.outbox_read(store.connect())]
+    got = [e for _, e in store.changes_after(0)]
     assert [e['type'] for e in got] == ['car.created', 'car.updated', 'car.updated',
                                         'car.deleted']
     assert all(set(e) == EVENT_KEYS and e['car_id'] == car_id and e['source'] == 'sqlite'
@@ -101,7 +101,7 @@ def test_a_failed_write_leaves_no_event(sqlite_path, monkeypatch):
     from chalicelib.domain import cars
     with pytest.raises(cars.VersionMismatch):
         store.update(car['id'], {'color': 'red'}, expect=('stale',))
-    assert [e['type'] for _, e in events.outbox_read(store.connect())] == ['car.created']
+    assert [e['type'] for _, e in store.changes_after(0)] == ['car.created']
 
 
 class CountingSNS(object):
@@ -118,7 +118,7 @@ class CountingSNS(object):
 
 def fake_record(n):
     """A stream INSERT record of one car, as Lambda delivers it."""
-    from chalicelib.store.dynamodb import to_item
+    from chalicelib.store.dynamodb_items import to_item
     car = dict(COROLLA, id='%04d' % (1111 + n), version=1, rev='r', created_at='t',
                updated_at='t')
     item = to_item(car)
@@ -130,8 +130,8 @@ def fake_record(n):
 def test_events_are_published_ten_a_request(topic):
     sns, received = topic
     counting = CountingSNS(sns)
-    assert automation.publish_stream_records([fake_record(n) for n in range(23)],
-                                             sns=counting) == {'batchItemFailures': []}
+    assert publish.publish_stream_records([fake_record(n) for n in range(23)],
+                                          sns=counting) == {'batchItemFailures': []}
     assert counting.calls == [10, 10, 3]
     assert len(received()) == 23
 
@@ -140,7 +140,7 @@ def test_a_refused_request_stops_publishing_and_reports_its_first_record(topic):
     sns, _ = topic
     counting = CountingSNS(sns, fail=True)
     records = [fake_record(n) for n in range(23)]
-    assert automation.publish_stream_records(records, sns=counting) == {
+    assert publish.publish_stream_records(records, sns=counting) == {
         'batchItemFailures': [{'itemIdentifier': records[0]['dynamodb']['SequenceNumber']}]}
     assert counting.calls == [10]
 
@@ -149,7 +149,7 @@ def test_a_stream_batch_without_cars_publishes_nothing():
     record = {'eventID': '1', 'eventName': 'INSERT', 'dynamodb': {
         'Keys': {'pk': {'S': 'IDEMPOTENCY#x'}, 'sk': {'S': 'KEY'}},
         'NewImage': {'pk': {'S': 'IDEMPOTENCY#x'}, 'sk': {'S': 'KEY'}}}}
-    assert automation.publish_stream_records([record], sns=object(), topic='arn') == {
+    assert publish.publish_stream_records([record], sns=object(), topic='arn') == {
         'batchItemFailures': []}
 
 
@@ -185,7 +185,7 @@ def test_a_refused_event_reports_its_record_and_the_records_before_it_are_kept(
                if r['dynamodb']['Keys']['pk']['S'] == 'CAR']
     assert [r['eventName'] for r in records] == ['INSERT', 'INSERT', 'INSERT', 'MODIFY']
     sns, received = topic
-    monkeypatch.setattr(automation, '_aws_client', lambda service: RefusingSNS(sns, [second]))
+    monkeypatch.setattr(aws, 'client', lambda service: RefusingSNS(sns, [second]))
 
     with Client(app) as client:
         outcome = client.lambda_.invoke('publish_changes', {'Records': records}).payload
@@ -197,7 +197,7 @@ def test_a_refused_event_reports_its_record_and_the_records_before_it_are_kept(
         ('car.created', first), ('car.created', third), ('car.updated', first)]
 
     # The retry (from the reported record on) publishes the rest.
-    monkeypatch.setattr(automation, '_aws_client', lambda service: sns)
+    monkeypatch.setattr(aws, 'client', lambda service: sns)
     with Client(app) as client:
         assert client.lambda_.invoke('publish_changes', {'Records': records[1:]}).payload == {
             'batchItemFailures': []}
@@ -210,7 +210,7 @@ def test_a_topic_that_is_gone_reports_the_first_car_record(
     three_cars_changed(get_store())
     records = stream_records(dynamodb_endpoint, dynamodb_table_with_stream)
     sns, received = topic
-    sns.delete_topic(TopicArn=automation.topic_arn())
+    sns.delete_topic(TopicArn=aws.topic_arn())
 
     with Client(app) as client:
         outcome = client.lambda_.invoke('publish_changes', {'Records': records}).payload

@@ -3,13 +3,15 @@ import concurrent.futures
 import json
 import random
 import threading
+import time
 
 import pytest
 import requests
 
-from chalicelib import automation, http
+from chalicelib.automation import ingest
 from chalicelib.domain import cars, idempotency
-from chalicelib.store.base import AlsoRefused
+from chalicelib.http.preconditions import etag
+from chalicelib.store.base import KeyClaimLost, KeyOutcome
 from servers import LocalServer
 from stores import server_env
 
@@ -62,7 +64,7 @@ def test_same_key_with_another_body_is_422_and_creates_nothing(api, store):
 
 def test_retry_while_the_first_is_in_flight_is_409(api, store):
     fp = idempotency.fingerprint(cars.validate_new(dict(CAR)))
-    token, _ = idempotency.keys_for(store).claim('http#busy', fp)
+    token, _ = store.claim_key('http#busy', fp)
     assert token
     r = post(api, key='busy')
     assert r.status_code == 409
@@ -72,11 +74,11 @@ def test_retry_while_the_first_is_in_flight_is_409(api, store):
 
 def test_an_abandoned_claim_is_taken_over_after_the_stale_limit(api, store, monkeypatch):
     fp = idempotency.fingerprint(cars.validate_new(dict(CAR)))
-    real = idempotency.time.time
-    monkeypatch.setattr(idempotency.time, 'time',
+    real = time.time
+    monkeypatch.setattr(time, 'time',
                         lambda: real() - idempotency.STALE_CLAIM_SECONDS - 5)
-    idempotency.keys_for(store).claim('http#crashed', fp)
-    monkeypatch.setattr(idempotency.time, 'time', real)
+    store.claim_key('http#crashed', fp)
+    monkeypatch.setattr(time, 'time', real)
     r = post(api, key='crashed')
     assert r.status_code == 201
     assert post(api, key='crashed').body == r.body
@@ -85,8 +87,8 @@ def test_an_abandoned_claim_is_taken_over_after_the_stale_limit(api, store, monk
 
 def test_keys_expire_after_24_hours(api, store, monkeypatch):
     first = post(api, key='old')
-    real = idempotency.time.time
-    monkeypatch.setattr(idempotency.time, 'time',
+    real = time.time
+    monkeypatch.setattr(time, 'time',
                         lambda: real() + idempotency.TTL_SECONDS + 5)
     second = post(api, key='old')
     assert second.status_code == 201
@@ -145,7 +147,7 @@ def test_dynamodb_keys_live_beside_the_cars_with_a_ttl(api, store, store_kind):
                                  Key={'pk': {'S': 'IDEMPOTENCY#http#ttl-key'},
                                       'sk': {'S': 'KEY'}})['Item']
     expires = int(item['expires_at']['N'])
-    assert abs(expires - (idempotency.time.time() + idempotency.TTL_SECONDS)) < 120
+    assert abs(expires - (time.time() + idempotency.TTL_SECONDS)) < 120
     assert item['state']['S'] == 'done'
 
 
@@ -153,11 +155,9 @@ def test_sqlite_sweeps_expired_keys(store, store_kind, monkeypatch):
     if store_kind != 'sqlite':
         pytest.skip('sqlite sweep')
     idempotency.run_once(store, 'gone', 'a', lambda: 1)
-    real = idempotency.time.time
-    monkeypatch.setattr(idempotency.time, 'time',
+    real = time.time
+    monkeypatch.setattr(time, 'time',
                         lambda: real() + idempotency.TTL_SECONDS + 5)
-    keys = idempotency.keys_for(store)
-    keys._swept = 0.0
     idempotency.run_once(store, 'new', 'b', lambda: 2)
     left = store.connect().execute('SELECT key FROM idempotency_keys').fetchall()
     assert left == [('http#new',)]
@@ -198,13 +198,13 @@ def _die_after_create(store, monkeypatch, cleanup):
         raise Killed()
     monkeypatch.setattr(store, 'create', create_then_die)
     if cleanup == 'skipped':  # kill -9: no except or finally block runs
-        monkeypatch.setattr(idempotency.keys_for(store), 'release', lambda *args: None)
+        monkeypatch.setattr(store, 'release_key', lambda *args: None)
     return written
 
 
 def _later(monkeypatch):
-    real = idempotency.time.time
-    monkeypatch.setattr(idempotency.time, 'time',
+    real = time.time
+    monkeypatch.setattr(time, 'time',
                         lambda: real() + idempotency.STALE_CLAIM_SECONDS + 5)
 
 
@@ -220,7 +220,7 @@ def test_a_crash_right_after_the_car_is_written_still_replays_after_the_stale_li
     assert retry.status_code == 201
     assert retry.headers.get('Idempotent-Replayed') == 'true'
     assert json.loads(retry.body) == cars.public(written[0])
-    assert retry.headers['ETag'] == http.etag(written[0])
+    assert retry.headers['ETag'] == etag(written[0])
     assert retry.headers['Location'].endswith('/api/v1/cars/%s' % written[0]['id'])
     assert count(store) == 1
 
@@ -230,28 +230,27 @@ def test_a_queue_message_whose_consumer_died_after_the_write_creates_one_car(
         store, monkeypatch, cleanup):
     written = _die_after_create(store, monkeypatch, cleanup)
     with pytest.raises(Killed):
-        automation.ingest_one(store, 'msg-crash', json.dumps(CAR))
+        ingest.ingest_one(store, 'msg-crash', json.dumps(CAR))
     _later(monkeypatch)
-    assert automation.ingest_one(store, 'msg-crash', json.dumps(CAR)) == written[0]['id']
+    assert ingest.ingest_one(store, 'msg-crash', json.dumps(CAR)) == written[0]['id']
     assert count(store) == 1
 
 
 @pytest.mark.parametrize('taker', ['in flight', 'done'])
 def test_a_holder_whose_claim_was_taken_over_writes_no_car(store, monkeypatch, taker):
     fp = 'f' * 64
-    keys = idempotency.keys_for(store)
-    real = idempotency.time.time
+    real = time.time
     offset = [-idempotency.STALE_CLAIM_SECONDS - 5]  # our claim is made long ago
-    monkeypatch.setattr(idempotency.time, 'time', lambda: real() + offset[0])
+    monkeypatch.setattr(time, 'time', lambda: real() + offset[0])
     real_create = store.create
 
     def taken_over_then_create(*args, **kwargs):
         # Our request stalled past the stale limit and another one took the key.
         offset[0] = 0
-        token, _ = keys.claim('http#race', fp)
+        token, _ = store.claim_key('http#race', fp)
         assert token
         if taker == 'done':
-            keys.record('http#race', token, {'id': 'theirs'})
+            store.record_key_outcome('http#race', token, {'id': 'theirs'})
         return real_create(*args, **kwargs)
     monkeypatch.setattr(store, 'create', taken_over_then_create)
     fields = {k: cars.validate_new(dict(CAR)).get(k) for k in cars.FIELDS}
@@ -268,19 +267,19 @@ def test_a_holder_whose_claim_was_taken_over_writes_no_car(store, monkeypatch, t
 
 def test_a_stale_claim_cannot_record_over_the_claim_that_replaced_it(store, monkeypatch):
     fp = 'f' * 64
-    keys = idempotency.keys_for(store)
-    real = idempotency.time.time
-    monkeypatch.setattr(idempotency.time, 'time',
+    real = time.time
+    monkeypatch.setattr(time, 'time',
                         lambda: real() - idempotency.STALE_CLAIM_SECONDS - 5)
-    old, _ = keys.claim('http#late', fp)
-    monkeypatch.setattr(idempotency.time, 'time', real)
-    new, _ = keys.claim('http#late', fp)
+    old, _ = store.claim_key('http#late', fp)
+    monkeypatch.setattr(time, 'time', real)
+    new, _ = store.claim_key('http#late', fp)
     fields = {k: cars.validate_new(dict(CAR)).get(k) for k in cars.FIELDS}
-    with pytest.raises(AlsoRefused):
-        store.create(fields, also=keys.records('http#late', old, lambda r: {'id': r['id']}))
+    with pytest.raises(KeyClaimLost):
+        store.create(fields, key_outcome=KeyOutcome('http#late', old, lambda r: {'id': r['id']}))
     assert count(store) == 0
-    record = store.create(fields, also=keys.records('http#late', new, lambda r: {'id': r['id']}))
-    assert keys.current('http#late', fp) == {'id': record['id']}
+    record = store.create(fields,
+                          key_outcome=KeyOutcome('http#late', new, lambda r: {'id': r['id']}))
+    assert store.current_key_outcome('http#late', fp) == {'id': record['id']}
     assert count(store) == 1
 
 

@@ -4,10 +4,16 @@
 a store built some other way (e.g. a table made from the deployment template)
 by subclassing it and overriding that fixture.
 """
+import os
+import subprocess
+import sys
+
 import pytest
 
-from chalicelib.domain import cars
+from chalicelib.domain import cars, idempotency
 from chalicelib.domain.cars import Filters
+from chalicelib.store import dynamodb_items, table
+from chalicelib.store.base import KeyClaimLost, KeyOutcome
 
 CAR = {'make': 'Toyota', 'model': 'Corolla', 'year': 2015, 'trans': 'automatic',
        'color': 'blue'}
@@ -111,6 +117,88 @@ class StoreContract(object):
     def test_ping_answers(self, store):
         store.ping()
 
+    # --- idempotency keys -------------------------------------------------------
+
+    def test_a_claimed_key_is_in_flight_until_its_outcome_is_recorded(self, store):
+        token, previous = store.claim_key('t#k', 'fp')
+        assert token and previous is None
+        with pytest.raises(idempotency.KeyInFlight):
+            store.claim_key('t#k', 'fp')
+        with pytest.raises(idempotency.KeyInFlight):
+            store.current_key_outcome('t#k', 'fp')
+        store.record_key_outcome('t#k', token, {'n': 1})
+        assert store.claim_key('t#k', 'fp') == (None, {'n': 1})
+        assert store.current_key_outcome('t#k', 'fp') == {'n': 1}
+        with pytest.raises(idempotency.KeyReused):
+            store.claim_key('t#k', 'another request')
+        with pytest.raises(idempotency.KeyReused):
+            store.current_key_outcome('t#k', 'another request')
+
+    def test_a_released_key_is_claimed_afresh(self, store):
+        token, _ = store.claim_key('t#k', 'fp')
+        store.release_key('t#k', token)
+        with pytest.raises(idempotency.KeyInFlight):
+            store.current_key_outcome('t#k', 'fp')
+        again, _ = store.claim_key('t#k', 'fp')
+        assert again and again != token
+
+    def test_a_recorded_outcome_is_final(self, store):
+        token, _ = store.claim_key('t#k', 'fp')
+        store.record_key_outcome('t#k', token, {'n': 1})
+        store.record_key_outcome('t#k', token, {'n': 2})
+        store.release_key('t#k', token)
+        assert store.current_key_outcome('t#k', 'fp') == {'n': 1}
+
+    def test_create_records_the_key_outcome_with_the_car(self, store):
+        token, _ = store.claim_key('t#k', 'fp')
+        record = store.create(CAR, key_outcome=KeyOutcome('t#k', token,
+                                                          lambda r: {'id': r['id']}))
+        assert store.current_key_outcome('t#k', 'fp') == {'id': record['id']}
+        assert store.get(record['id'])['rev'] == record['rev']
+
+    def test_create_whose_claim_is_lost_writes_no_car(self, store):
+        token, _ = store.claim_key('t#k', 'fp')
+        store.release_key('t#k', token)
+        with pytest.raises(KeyClaimLost):
+            store.create(CAR, '1234', key_outcome=KeyOutcome('t#k', token, lambda r: {}))
+        assert store.get('1234') is None and store.count() == 0
+
+    def test_create_of_a_taken_id_records_no_key_outcome(self, store):
+        store.create(CAR, '1234')
+        token, _ = store.claim_key('t#k', 'fp')
+        with pytest.raises(cars.CarExists):
+            store.create(CAR, '1234', key_outcome=KeyOutcome('t#k', token,
+                                                             lambda r: {'id': r['id']}))
+        with pytest.raises(idempotency.KeyInFlight):
+            store.current_key_outcome('t#k', 'fp')
+
 
 class TestStoreContract(StoreContract):
     """Runs on sqlite and on DynamoDB Local (the `store` fixture is parametrized)."""
+
+
+def test_the_dynamodb_key_attributes_are_the_tables():
+    schema = table.cloudformation_properties()['KeySchema']
+    assert [(k['AttributeName'], k['KeyType']) for k in schema] == [
+        (dynamodb_items.PK, 'HASH'), (dynamodb_items.SK, 'RANGE')]
+
+
+def test_the_sqlite_store_and_the_stream_decoding_import_no_boto3(tmp_path):
+    # The API imports the stream decoding through its event handler; on sqlite
+    # neither it nor the store may pull in boto3 (the largest import there is).
+    code = '\n'.join([
+        'import sys',
+        'from chalicelib.domain import idempotency',
+        'from chalicelib.store import dynamodb_items, get_store',
+        'store = get_store("sqlite")',
+        'car = {"make": "Kia", "model": "Rio", "year": 2012, "trans": None, "color": None}',
+        'idempotency.create_once(store, "k", "fp", car, lambda r: {"id": r["id"]})',
+        'store.changes_after(0)',
+        'loaded = sorted(m for m in ("boto3", "botocore") if m in sys.modules)',
+        'assert not loaded, loaded',
+    ])
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, CARS_DB_PATH=str(tmp_path / 'cars.db'))
+    result = subprocess.run([sys.executable, '-c', code], cwd=root, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

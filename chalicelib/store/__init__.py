@@ -1,42 +1,31 @@
-"""The car store: one small interface (`base.Store`), two implementations.
+"""The car store: one interface (`base.Store`), two implementations.
 
-`get_store()` picks the implementation named by CARS_STORE and imports only
-that one, so the sqlite path never imports boto3.
+`get_store()` picks the implementation the configuration names and imports
+only that one, so the sqlite path never imports boto3.
 """
 import threading
 
 from chalicelib import config
 
 _lock = threading.Lock()
+# One store per (kind, database file or table): each holds connections or a client.
 _stores = {}
-_configured = (None, None)  # (config.generation, the configured store)
 
 
 def get_store(kind=None):
     """The process-wide store for `kind` (default: the configured one)."""
-    global _configured
-    if kind is None and _configured[0] == config.generation:
-        return _configured[1]
-    store = _store(kind or config.store_kind())
-    if kind is None and config.REMEMBER:
-        # Remembered settings change only through config.reload(), which bumps
-        # the generation; until then the answer stays the same.
-        _configured = (config.generation, store)
-    return store
-
-
-def _store(kind):
-    key = (kind, config.db_path() if kind == 'sqlite' else config.table_name())
-    store = _stores.get(key)
+    kind = kind or config.store_kind()
+    where = config.db_path() if kind == 'sqlite' else config.table_name()
+    store = _stores.get((kind, where))
     if store is None:
         with _lock:
-            store = _stores.get(key)
+            store = _stores.get((kind, where))
             if store is None:
-                store = _stores[key] = _create(kind, key[1])
+                store = _stores[(kind, where)] = _open(kind, where)
     return store
 
 
-def _create(kind, where):
+def _open(kind, where):
     if kind == 'sqlite':
         from chalicelib.store.sqlite import SqliteStore
         return SqliteStore(where)
@@ -45,8 +34,7 @@ def _create(kind, where):
 
 
 def reset():
-    """Forget the stores made so far (tests and the CLI switch configuration)."""
-    config.reload()
+    """Close and forget the stores made so far (tests and the CLI switch configuration)."""
     with _lock:
         for store in _stores.values():
             store.close()

@@ -1,27 +1,11 @@
-"""The store interface every implementation keeps.
+"""The store interface every implementation keeps, and the values it passes.
 
 A record is a dict: the six car fields plus `version` (1 on create, +1 on every
 write), `rev` (a random token replaced on every write; the ETag carries it),
-`created_at` and `updated_at` (ISO 8601 UTC). Preconditions are checked by the
-write itself, atomically, never by a read before it.
-
-`expect` on writes: None (no precondition), '*' (the car must exist), or a
-tuple of revisions one of which must be current (If-Match).
-`only_if_absent` on writes (If-None-Match: *): write only where no car
-exists. A replace then creates and never replaces; an update or a delete,
-which need a car, never write: VersionMismatch on a car, CarNotFound where
-there is none. The write's own check decides, like `expect`'s.
-
-`also` on create: another write committed atomically with the new car, so
-that a caller (chalicelib/domain/idempotency.py) can record what the create produced
-in the same write: both happen, or neither does. Its form depends on the store:
-sqlite calls `also(conn, record)` inside the car's transaction, after the
-insert; DynamoDB calls `also(record)` for a TransactWriteItems entry (e.g.
-{'Update': {...}} with a ConditionExpression) sent in one transaction with the
-car's Put. A refusal writes no car and raises AlsoRefused: the sqlite callable
-raises it (any exception rolls the car back), DynamoDB raises it when the
-entry's condition fails.
+`created_at` and `updated_at` (ISO 8601 UTC).
 """
+import datetime
+import json
 import time
 
 # The 412 detail when `only_if_absent` finds a car.
@@ -29,22 +13,35 @@ ABSENT_ONLY = 'car %s exists, and If-None-Match: * allows the write only where n
 
 
 def iso_utc(seconds):
-    """ISO 8601 UTC with milliseconds, as datetime.isoformat gives it.
-
-    Built with `time` rather than `datetime`, whose import a read never needs
-    (cold start).
-    """
-    whole = int(seconds)
-    return '%s.%03d+00:00' % (time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole)),
-                              int((seconds - whole) * 1000))
+    """ISO 8601 UTC with milliseconds."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
+        timespec='milliseconds')
 
 
 def now_iso():
     return iso_utc(time.time())
 
 
-class AlsoRefused(Exception):
-    """The write given as `also=` was refused (its condition failed): no car was written."""
+def encode_outcome(outcome):
+    """An idempotency key's outcome as the JSON text both stores keep."""
+    return json.dumps(outcome, separators=(',', ':'))
+
+
+class KeyOutcome(object):
+    """An idempotency key's outcome for `Store.create` to record with the new car.
+
+    `key` and `token` name a claim made with `Store.claim_key`;
+    `outcome_for(record)` gives the outcome to record for the car written.
+    """
+
+    def __init__(self, key, token, outcome_for):
+        self.key = key
+        self.token = token
+        self.outcome_for = outcome_for
+
+
+class KeyClaimLost(Exception):
+    """The claim on an idempotency key was taken over by another request: no car was written."""
 
 
 class WriteIncomplete(Exception):
@@ -62,19 +59,30 @@ class WriteIncomplete(Exception):
 
 
 class Store(object):
-    kind = None
+    """Cars, and the idempotency keys recorded beside them.
+
+    Every write checks its precondition itself, atomically, never by a read
+    before it. On writes, `expect` is None (no precondition), '*' (the car
+    must exist) or a tuple of revisions one of which must be current
+    (If-Match). `only_if_absent` (If-None-Match: *) writes only where no car
+    exists: a replace then only creates; an update or a delete, which need a
+    car, never write (VersionMismatch on a car, CarNotFound where there is none).
+    """
+
+    # --- cars -----------------------------------------------------------------
 
     def get(self, car_id):
         """The record, or None."""
         raise NotImplementedError
 
-    def create(self, fields, car_id=None, also=None):
+    def create(self, fields, car_id=None, key_outcome=None):
         """Insert a new car; assign a free id when `car_id` is None.
 
-        `also` (see above) is written in the same atomic write as the car; it is
-        called once per id tried, with that attempt's record. Without it a
-        create is one write as before (DynamoDB: one PutItem).
-        Raises CarExists, IdSpaceExhausted, AlsoRefused.
+        With `key_outcome` (a KeyOutcome), the car and the key's outcome are
+        one atomic write: both happen, or neither does. `outcome_for` is
+        called once per id tried, with that attempt's record. When the claim
+        is no longer the caller's, nothing is written.
+        Raises CarExists, IdSpaceExhausted, KeyClaimLost.
         """
         raise NotImplementedError
 
@@ -107,6 +115,42 @@ class Store(object):
 
     def count(self):
         """How many cars there are."""
+        raise NotImplementedError
+
+    # --- idempotency keys (the rules: chalicelib/domain/idempotency.py) -----------
+
+    def claim_key(self, key, fingerprint):
+        """Claim `key` for a request with `fingerprint`, atomically.
+
+        Returns (token, None) when the claim is ours, or (None, outcome) when
+        the key already holds an outcome for the same fingerprint (a replay).
+        Raises KeyInFlight, KeyReused.
+        """
+        raise NotImplementedError
+
+    def record_key_outcome(self, key, token, outcome):
+        """Record `outcome` under `key` if the claim `token` is still ours and in flight."""
+        raise NotImplementedError
+
+    def release_key(self, key, token):
+        """Forget `key` if the claim `token` is still ours and in flight, so a retry runs."""
+        raise NotImplementedError
+
+    def current_key_outcome(self, key, fingerprint):
+        """The outcome recorded under `key` by whoever holds it now.
+
+        Raises KeyInFlight while none is recorded, KeyReused for another fingerprint.
+        """
+        raise NotImplementedError
+
+    # --- the rest ---------------------------------------------------------------
+
+    def changes_after(self, seq, limit=1000):
+        """[(seq, event)] of the change events after sequence number `seq`, oldest first.
+
+        Only a store that keeps an outbox (sqlite) has them; DynamoDB's go
+        through its stream (dynamodb_items.event_from_stream_record).
+        """
         raise NotImplementedError
 
     def ping(self):

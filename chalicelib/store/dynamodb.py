@@ -1,65 +1,35 @@
 """The DynamoDB store: the default inside Lambda.
 
-Key design: every car lives in one item collection, partition key `pk = "CAR"`
-and sort key `sk = <id>`. A Query on that partition returns cars in ascending
-id order, page by page, which is what the listing contract needs (a Scan would
-return hash order). One partition holds at most 6,561 small items (well under
-a megabyte per thousand cars) and takes up to 3,000 reads and 1,000 writes a
-second, ample for an inventory. Other item kinds (idempotency keys) use other
-partition keys in the same table, so a replay is as durable as the car.
-
-Every single-car operation is one request: writes carry their precondition as
-a ConditionExpression and ask for the item back (`ReturnValues`, and
-`ReturnValuesOnConditionCheckFailure` to tell "missing" from "stale"). A
-create that carries another write (`also=`, the idempotency key's outcome) is
-one TransactWriteItems instead of a PutItem, so the two commit together.
+Cars and idempotency keys are items of one table, laid out as dynamodb_items
+says. Every single-car operation is one request that carries its precondition
+as a ConditionExpression; a create with an idempotency key's outcome is one
+TransactWriteItems of the car's Put and the key's Update.
 """
+import json
+import os
 import random
 import threading
 import time
 
-from chalicelib import config
-from chalicelib.domain import cars
-from chalicelib.store.base import ABSENT_ONLY, AlsoRefused, Store, WriteIncomplete, now_iso
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
-CAR_PK = 'CAR'
-_TEXT = cars.TEXT_FILTERS
+from chalicelib import config
+from chalicelib.domain import cars, idempotency
+from chalicelib.store.base import (
+    ABSENT_ONLY, KeyClaimLost, Store, WriteIncomplete, encode_outcome, now_iso)
+from chalicelib.store.dynamodb_items import (
+    CAR_PARTITION, ITEM_EXISTS, NO_ITEM, PK, SK, car_key, from_item, health_key,
+    idempotency_key, number_value, string_value, to_item)
+
 BATCH = 25
 # Items one filtered Query reads before filtering (bounds a request's cost).
 LIST_READ_BATCH = 1000
 
 
-def _s(value):
-    return {'S': value}
-
-
-def _n(value):
-    return {'N': str(value)}
-
-
-def to_item(record):
-    item = {'pk': _s(CAR_PK), 'sk': _s(record['id']), 'id': _s(record['id']),
-            'make': _s(record['make']), 'model': _s(record['model']),
-            'year': _n(record['year']), 'version': _n(record['version']),
-            'rev': _s(record['rev']), 'created_at': _s(record['created_at']),
-            'updated_at': _s(record['updated_at'])}
-    for name in _TEXT:
-        if record.get(name) is not None:
-            if name in cars.OPTIONAL_FIELDS:
-                item[name] = _s(record[name])
-            item[name + '_key'] = _s(cars.search_key(record[name]))
-    return item
-
-
-def from_item(item):
-    def s(name):
-        v = item.get(name)
-        return v['S'] if v else None
-    return {'id': s('id'), 'make': s('make'), 'model': s('model'),
-            'year': int(item['year']['N']), 'trans': s('trans'), 'color': s('color'),
-            'version': int(item['version']['N']) if 'version' in item else 1,
-            'rev': s('rev') or '', 'created_at': s('created_at'),
-            'updated_at': s('updated_at')}
+def _failed_condition(error):
+    return error.response.get('Error', {}).get('Code') == 'ConditionalCheckFailedException'
 
 
 def _cancellation_reasons(error):
@@ -74,7 +44,6 @@ def _cancellation_reasons(error):
 
 
 class DynamoDBStore(Store):
-    kind = 'dynamodb'
 
     def __init__(self, table):
         self.table = table
@@ -83,13 +52,11 @@ class DynamoDBStore(Store):
 
     @property
     def client(self):
-        # Created on first use: importing boto3 and building a client is the
-        # largest cold-start cost, paid only by requests that need the table.
+        # One client for all threads (it pools connections), built on first
+        # use so that making a store does no I/O and cannot fail.
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    import boto3
-                    from botocore.config import Config
                     self._client = boto3.client(
                         'dynamodb', endpoint_url=config.dynamodb_endpoint(),
                         config=Config(retries={'mode': 'standard', 'max_attempts': 4},
@@ -97,30 +64,23 @@ class DynamoDBStore(Store):
                                       max_pool_connections=50))
         return self._client
 
-    @staticmethod
-    def _failed_condition(error):
-        return error.response.get('Error', {}).get('Code') == 'ConditionalCheckFailedException'
-
-    def _key(self, car_id):
-        return {'pk': _s(CAR_PK), 'sk': _s(car_id)}
-
     def ping(self):
-        self.client.get_item(TableName=self.table, Key={'pk': _s('HEALTH'), 'sk': _s('-')})
+        self.client.get_item(TableName=self.table, Key=health_key())
 
     # --- reads ----------------------------------------------------------------
 
     def get(self, car_id):
-        item = self.client.get_item(TableName=self.table, Key=self._key(car_id),
+        item = self.client.get_item(TableName=self.table, Key=car_key(car_id),
                                     ConsistentRead=True).get('Item')
         return from_item(item) if item else None
 
     def list(self, filters, after, limit):
-        names = {'#pk': 'pk'}
-        values = {':pk': _s(CAR_PK)}
+        names = {'#pk': PK}
+        values = {':pk': string_value(CAR_PARTITION)}
         key_cond = '#pk = :pk'
         if after is not None:
-            names['#sk'] = 'sk'
-            values[':after'] = _s(after)
+            names['#sk'] = SK
+            values[':after'] = string_value(after)
             key_cond += ' AND #sk > :after'
         conds = []
         for name, wanted in filters.text.items():
@@ -128,15 +88,15 @@ class DynamoDBStore(Store):
             if wanted is None:
                 conds.append('attribute_not_exists(#%s)' % name)
             else:
-                values[':' + name] = _s(wanted)
+                values[':' + name] = string_value(wanted)
                 conds.append('#%s = :%s' % (name, name))
         if filters.year_min is not None or filters.year_max is not None:
             names['#year'] = 'year'
         if filters.year_min is not None:
-            values[':ymin'] = _n(filters.year_min)
+            values[':ymin'] = number_value(filters.year_min)
             conds.append('#year >= :ymin')
         if filters.year_max is not None:
-            values[':ymax'] = _n(filters.year_max)
+            values[':ymax'] = number_value(filters.year_max)
             conds.append('#year <= :ymax')
         kwargs = {'TableName': self.table, 'KeyConditionExpression': key_cond,
                   'ExpressionAttributeNames': names, 'ExpressionAttributeValues': values,
@@ -159,12 +119,13 @@ class DynamoDBStore(Store):
 
     def all_ids(self):
         ids = []
-        kwargs = {'TableName': self.table, 'KeyConditionExpression': 'pk = :pk',
-                  'ExpressionAttributeValues': {':pk': _s(CAR_PK)},
-                  'ProjectionExpression': 'sk', 'ConsistentRead': True}
+        kwargs = {'TableName': self.table, 'KeyConditionExpression': '#pk = :pk',
+                  'ExpressionAttributeNames': {'#pk': PK, '#sk': SK},
+                  'ExpressionAttributeValues': {':pk': string_value(CAR_PARTITION)},
+                  'ProjectionExpression': '#sk', 'ConsistentRead': True}
         while True:
             page = self.client.query(**kwargs)
-            ids.extend(i['sk']['S'] for i in page.get('Items', ()))
+            ids.extend(i[SK]['S'] for i in page.get('Items', ()))
             if not page.get('LastEvaluatedKey'):
                 return ids
             kwargs['ExclusiveStartKey'] = page['LastEvaluatedKey']
@@ -174,37 +135,37 @@ class DynamoDBStore(Store):
 
     # --- writes ---------------------------------------------------------------
 
-    def _put_new(self, car_id, fields, also=None):
+    def _put_new(self, car_id, fields, key_outcome=None):
         """The new record, or None when the id is taken."""
         now = now_iso()
         record = dict(fields, id=car_id, version=1, rev=cars.new_revision(),
                       created_at=now, updated_at=now)
-        put = {'TableName': self.table, 'Item': to_item(record),
-               'ConditionExpression': 'attribute_not_exists(pk)'}
-        from botocore.exceptions import ClientError
+        put = {'TableName': self.table, 'Item': to_item(record), 'ConditionExpression': NO_ITEM}
         try:
-            if also is None:
+            if key_outcome is None:
                 self.client.put_item(**put)
             else:
-                self.client.transact_write_items(
-                    TransactItems=[{'Put': put}, also(record)])
+                self.client.transact_write_items(TransactItems=[
+                    {'Put': put},
+                    {'Update': self._key_outcome_update(
+                        key_outcome.key, key_outcome.token, key_outcome.outcome_for(record))}])
         except ClientError as e:
-            if self._failed_condition(e):
+            if _failed_condition(e):
                 return None
             if e.response.get('Error', {}).get('Code') != 'TransactionCanceledException':
                 raise
             reasons = _cancellation_reasons(e)
-            # The other write's refusal decides first: with it, no id would do.
+            # The key's refusal decides first: with it, no id would do.
             if 'ConditionalCheckFailed' in reasons[1:]:
-                raise AlsoRefused(str(e))
+                raise KeyClaimLost(str(e))
             if reasons[:1] == ['ConditionalCheckFailed']:
                 return None
             raise
         return record
 
-    def create(self, fields, car_id=None, also=None):
+    def create(self, fields, car_id=None, key_outcome=None):
         if car_id is not None:
-            record = self._put_new(car_id, fields, also)
+            record = self._put_new(car_id, fields, key_outcome)
             if record is None:
                 raise cars.CarExists(car_id)
             return record
@@ -214,7 +175,7 @@ class DynamoDBStore(Store):
         # by the number of free ids, never an open-ended retry loop.
         for _ in range(3):
             candidate = ''.join(random.choice(cars.ID_DIGITS) for _ in range(4))
-            record = self._put_new(candidate, fields, also)
+            record = self._put_new(candidate, fields, key_outcome)
             if record is not None:
                 return record
         for _ in range(3):
@@ -224,7 +185,7 @@ class DynamoDBStore(Store):
             if not free:
                 break
             for candidate in free[:64]:
-                record = self._put_new(candidate, fields, also)
+                record = self._put_new(candidate, fields, key_outcome)
                 if record is not None:
                     return record
         raise cars.IdSpaceExhausted()
@@ -234,17 +195,15 @@ class DynamoDBStore(Store):
             # If-None-Match: * on a write that needs a car: it can never hold.
             # It is still the write's own condition, so the failure's item
             # tells a car (412) from none (404) in the same request.
-            return 'attribute_exists(pk) AND attribute_not_exists(pk)'
-        if expect is None:
-            return 'attribute_exists(pk)'
-        if expect == '*':
-            return 'attribute_exists(pk)'
+            return '%s AND %s' % (ITEM_EXISTS, NO_ITEM)
+        if expect is None or expect == '*':
+            return ITEM_EXISTS
         names['#rev'] = 'rev'
         placeholders = []
         for i, rev in enumerate(expect[:50]):
-            values[':rev%d' % i] = _s(rev)
+            values[':rev%d' % i] = string_value(rev)
             placeholders.append(':rev%d' % i)
-        return 'attribute_exists(pk) AND #rev IN (%s)' % ', '.join(placeholders)
+        return '%s AND #rev IN (%s)' % (ITEM_EXISTS, ', '.join(placeholders))
 
     def _set_fields(self, fields, names, values, sets, removes):
         for name, value in fields.items():
@@ -252,19 +211,20 @@ class DynamoDBStore(Store):
             if value is None:
                 removes.append('#' + name)
             else:
-                values[':' + name] = _n(value) if name == 'year' else _s(value)
+                values[':' + name] = number_value(value) if name == 'year' else string_value(value)
                 sets.append('#%s = :%s' % (name, name))
-            if name in _TEXT:
+            if name in cars.TEXT_FILTERS:
                 names['#%s_key' % name] = name + '_key'
                 if value is None:
                     removes.append('#%s_key' % name)
                 else:
-                    values[':%s_key' % name] = _s(cars.search_key(value))
+                    values[':%s_key' % name] = string_value(cars.search_key(value))
                     sets.append('#%s_key = :%s_key' % (name, name))
 
     def update(self, car_id, changes, expect=None, only_if_absent=False):
         names = {'#version': 'version', '#rev': 'rev', '#updated_at': 'updated_at'}
-        values = {':one': _n(1), ':newrev': _s(cars.new_revision()), ':now': _s(now_iso())}
+        values = {':one': number_value(1), ':newrev': string_value(cars.new_revision()),
+                  ':now': string_value(now_iso())}
         sets = ['#version = #version + :one', '#rev = :newrev', '#updated_at = :now']
         removes = []
         self._set_fields(changes, names, values, sets, removes)
@@ -274,7 +234,7 @@ class DynamoDBStore(Store):
             expression += ' REMOVE ' + ', '.join(removes)
         return self._existing_car_write(
             car_id, only_if_absent, self.client.update_item,
-            TableName=self.table, Key=self._key(car_id), UpdateExpression=expression,
+            TableName=self.table, Key=car_key(car_id), UpdateExpression=expression,
             ConditionExpression=condition, ExpressionAttributeNames=names,
             ExpressionAttributeValues=values, ReturnValues='ALL_NEW')
 
@@ -284,11 +244,10 @@ class DynamoDBStore(Store):
         The item comes back with a failed condition, so one request tells a missing
         car (404) from a stale version (412).
         """
-        from botocore.exceptions import ClientError
         try:
             result = call(ReturnValuesOnConditionCheckFailure='ALL_OLD', **kwargs)
         except ClientError as e:
-            if not self._failed_condition(e):
+            if not _failed_condition(e):
                 raise
             if not e.response.get('Item'):
                 raise cars.CarNotFound(car_id)
@@ -299,8 +258,9 @@ class DynamoDBStore(Store):
         now = now_iso()
         names = {'#version': 'version', '#rev': 'rev', '#updated_at': 'updated_at',
                  '#created_at': 'created_at', '#id': 'id'}
-        values = {':one': _n(1), ':zero': _n(0), ':newrev': _s(cars.new_revision()),
-                  ':now': _s(now), ':id': _s(car_id)}
+        values = {':one': number_value(1), ':zero': number_value(0),
+                  ':newrev': string_value(cars.new_revision()), ':now': string_value(now),
+                  ':id': string_value(car_id)}
         sets = ['#version = if_not_exists(#version, :zero) + :one', '#rev = :newrev',
                 '#updated_at = :now', '#created_at = if_not_exists(#created_at, :now)',
                 '#id = :id']
@@ -308,7 +268,7 @@ class DynamoDBStore(Store):
         self._set_fields({name: fields.get(name) for name in cars.FIELDS},
                          names, values, sets, removes)
         if only_if_absent:
-            condition = 'attribute_not_exists(pk)'
+            condition = NO_ITEM
         elif expect is None:
             condition = None
         else:
@@ -316,17 +276,16 @@ class DynamoDBStore(Store):
         expression = 'SET ' + ', '.join(sets)
         if removes:
             expression += ' REMOVE ' + ', '.join(removes)
-        kwargs = dict(TableName=self.table, Key=self._key(car_id), UpdateExpression=expression,
+        kwargs = dict(TableName=self.table, Key=car_key(car_id), UpdateExpression=expression,
                       ExpressionAttributeNames=names, ExpressionAttributeValues=values,
                       ReturnValues='ALL_NEW')
         if condition:
             kwargs['ConditionExpression'] = condition
             kwargs['ReturnValuesOnConditionCheckFailure'] = 'ALL_OLD'
-        from botocore.exceptions import ClientError
         try:
             result = self.client.update_item(**kwargs)
         except ClientError as e:
-            if not self._failed_condition(e):
+            if not _failed_condition(e):
                 raise
             if only_if_absent:
                 raise cars.VersionMismatch(car_id, ABSENT_ONLY % car_id)
@@ -339,7 +298,7 @@ class DynamoDBStore(Store):
     def delete(self, car_id, expect=None, only_if_absent=False):
         names, values = {}, {}
         condition = self._condition(expect, values, names, only_if_absent)
-        kwargs = dict(TableName=self.table, Key=self._key(car_id),
+        kwargs = dict(TableName=self.table, Key=car_key(car_id),
                       ConditionExpression=condition, ReturnValues='ALL_OLD')
         if names:
             kwargs['ExpressionAttributeNames'] = names
@@ -381,7 +340,7 @@ class DynamoDBStore(Store):
             if reason is None:
                 pending, reason = self._write_batch(pending, deadline)
                 written += min(BATCH, len(requests) - start) - len(pending)
-            unwritten.extend(r['PutRequest']['Item']['sk']['S'] for r in pending)
+            unwritten.extend(r['PutRequest']['Item']['id']['S'] for r in pending)
         if unwritten:
             raise WriteIncomplete(written, unwritten, reason)
         return len(items)
@@ -392,7 +351,6 @@ class DynamoDBStore(Store):
 
     def _write_batch(self, pending, deadline):
         """Send one batch until written or out of bounds; return (left, why)."""
-        from botocore.exceptions import BotoCoreError, ClientError
         delay, longest = self.PUT_MANY_BACKOFF
         for attempt in range(self.PUT_MANY_ATTEMPTS):
             if not attempt and time.monotonic() > deadline:
@@ -414,3 +372,84 @@ class DynamoDBStore(Store):
                 return pending, None
         return pending, ('DynamoDB left items unprocessed after %d attempts'
                          % self.PUT_MANY_ATTEMPTS)
+
+    # --- idempotency keys -----------------------------------------------------------
+
+    def claim_key(self, key, fingerprint):
+        now = time.time()
+        token = os.urandom(8).hex()
+        item = dict(idempotency_key(key), fingerprint=string_value(fingerprint),
+                    state=string_value(idempotency.IN_FLIGHT), token=string_value(token),
+                    claimed_at=number_value(repr(now)),
+                    expires_at=number_value(int(now + idempotency.TTL_SECONDS)))
+        # decide_claim's TAKE as a condition, so that the claim is one request.
+        # TTL deletes lazily (up to days late), so an expired item counts as absent.
+        condition = ('%s OR expires_at <= :now OR '
+                     '(#state = :in_flight AND claimed_at <= :stale AND fingerprint = :fp)'
+                     % NO_ITEM)
+        try:
+            self.client.put_item(
+                TableName=self.table, Item=item, ConditionExpression=condition,
+                ExpressionAttributeNames={'#state': 'state'},
+                ExpressionAttributeValues={
+                    ':now': number_value(int(now)),
+                    ':in_flight': string_value(idempotency.IN_FLIGHT),
+                    ':stale': number_value(repr(now - idempotency.STALE_CLAIM_SECONDS)),
+                    ':fp': string_value(fingerprint)},
+                ReturnValuesOnConditionCheckFailure='ALL_OLD')
+        except ClientError as e:
+            if not _failed_condition(e):
+                raise
+            old = e.response.get('Item') or {}
+            if not old:  # gone between the check and now: a retry would take it
+                raise idempotency.KeyInFlight()
+            # The condition ruled on expiry already.
+            record = idempotency.KeyRecord(old['fingerprint']['S'], old['state']['S'],
+                                           float(old['claimed_at']['N']), None)
+            if idempotency.decide_claim(record, fingerprint, now) != idempotency.REPLAY:
+                raise idempotency.KeyInFlight()
+            return None, json.loads(old['outcome']['S'])
+        return token, None
+
+    def _key_outcome_update(self, key, token, outcome):
+        # Only an in-flight claim with our token: a takeover changed the token,
+        # and a done key is final (a retried transaction finds it done).
+        return {'TableName': self.table, 'Key': idempotency_key(key),
+                'UpdateExpression': 'SET #state = :done, outcome = :outcome',
+                'ConditionExpression': '#token = :token AND #state = :in_flight',
+                'ExpressionAttributeNames': {'#state': 'state', '#token': 'token'},
+                'ExpressionAttributeValues': {
+                    ':done': string_value(idempotency.DONE),
+                    ':in_flight': string_value(idempotency.IN_FLIGHT),
+                    ':token': string_value(token),
+                    ':outcome': string_value(encode_outcome(outcome))}}
+
+    def record_key_outcome(self, key, token, outcome):
+        try:
+            self.client.update_item(**self._key_outcome_update(key, token, outcome))
+        except ClientError as e:
+            # Another request took over the (stale) claim; its outcome stands.
+            if not _failed_condition(e):
+                raise
+
+    def release_key(self, key, token):
+        try:
+            self.client.delete_item(
+                TableName=self.table, Key=idempotency_key(key),
+                ConditionExpression='#token = :token AND #state = :in_flight',
+                ExpressionAttributeNames={'#token': 'token', '#state': 'state'},
+                ExpressionAttributeValues={':token': string_value(token),
+                                           ':in_flight': string_value(idempotency.IN_FLIGHT)})
+        except ClientError as e:
+            if not _failed_condition(e):
+                raise
+
+    def current_key_outcome(self, key, fingerprint):
+        item = self.client.get_item(TableName=self.table, Key=idempotency_key(key),
+                                    ConsistentRead=True).get('Item')
+        record = None
+        if item:
+            record = idempotency.KeyRecord(item['fingerprint']['S'], item['state']['S'], None,
+                                           float(item['expires_at']['N']))
+        idempotency.check_replayable(record, fingerprint, time.time())
+        return json.loads(item['outcome']['S'])

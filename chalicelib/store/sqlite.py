@@ -1,18 +1,21 @@
-"""The sqlite store: the default for `chalice local` and for the CLI.
+"""The sqlite store: the default for `chalice local`, `make run` and the CLI.
 
-One connection per thread (chalice local serves each connection on a thread),
-WAL so readers never wait for the writer, and every write in a `BEGIN
-IMMEDIATE` transaction so writers queue on sqlite's lock instead of failing
-half way. Parameterized SQL only.
+One connection per thread, WAL so readers never wait for the writer, and
+every write in a `BEGIN IMMEDIATE` transaction so writers queue on sqlite's
+lock instead of failing half way. Parameterized SQL only. Beside the cars it
+keeps the idempotency keys and an outbox of change events; a car's event, and
+a keyed create's outcome, commit in the car's own transaction.
 """
 import contextlib
+import json
 import os
 import random
 import sqlite3
 import threading
+import time
 
-from chalicelib.domain import cars, events
-from chalicelib.store.base import ABSENT_ONLY, Store, now_iso
+from chalicelib.domain import cars, events, idempotency
+from chalicelib.store.base import ABSENT_ONLY, KeyClaimLost, Store, encode_outcome, now_iso
 
 COLUMNS = ('id', 'make', 'model', 'year', 'trans', 'color',
            'make_key', 'model_key', 'trans_key', 'color_key',
@@ -21,7 +24,7 @@ COLUMNS = ('id', 'make', 'model', 'year', 'trans', 'color',
 RECORD = tuple(c for c in COLUMNS if not c.endswith('_key'))
 _SELECT = 'SELECT %s FROM cars' % ', '.join(RECORD)
 
-SCHEMA = """
+SCHEMA = ("""
 CREATE TABLE IF NOT EXISTS cars (
     id TEXT PRIMARY KEY NOT NULL,
     make TEXT NOT NULL,
@@ -37,8 +40,22 @@ CREATE TABLE IF NOT EXISTS cars (
     rev TEXT NOT NULL DEFAULT '',
     created_at TEXT,
     updated_at TEXT
-);
-"""
+)""", """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event TEXT NOT NULL
+)""", """
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    token TEXT NOT NULL,
+    claimed_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    outcome TEXT
+)""", """
+CREATE INDEX IF NOT EXISTS idempotency_keys_expires ON idempotency_keys (expires_at)
+""")
 
 # Columns the seed's table lacks; added in place so an old cars.db keeps working.
 _ADDED = {'make_key': 'TEXT', 'model_key': 'TEXT', 'trans_key': 'TEXT',
@@ -57,20 +74,13 @@ def _record(row):
 
 
 class SqliteStore(Store):
-    kind = 'sqlite'
 
     def __init__(self, path):
         self.path = path
         self._local = threading.local()
         self._schema_lock = threading.Lock()
         self._schema_ready = False
-        # Reads take turns. A read is ~10 µs, but sixteen threads reading at
-        # once through their own connections contend inside sqlite and on the
-        # GIL it releases around each call: on the thread-per-connection server
-        # with 16 keep-alive clients, taking turns raised GET throughput by half
-        # and cut p50 latency by a third. In Lambda and under make run's event
-        # loop (one request at a time) it is uncontended and free.
-        self._read_lock = threading.Lock()
+        self._keys_swept = 0.0
 
     # --- connections ----------------------------------------------------------
 
@@ -97,9 +107,8 @@ class SqliteStore(Store):
             if self._schema_ready:
                 return
             with self.transaction() as c:
-                c.execute(SCHEMA)
-                # Change events, written in the same transaction as the car.
-                c.execute(events.OUTBOX_SCHEMA)
+                for statement in SCHEMA:
+                    c.execute(statement)
                 have = {row[1] for row in c.execute('PRAGMA table_info(cars)')}
                 missing = [name for name in _ADDED if name not in have]
                 for name in missing:
@@ -107,13 +116,7 @@ class SqliteStore(Store):
                 if missing:
                     self._upgrade_seed_rows(c)
                 c.execute('CREATE UNIQUE INDEX IF NOT EXISTS cars_id ON cars (id)')
-                for extra in self.extra_schema():
-                    c.execute(extra)
             self._schema_ready = True
-
-    def extra_schema(self):
-        """Statements for tables other modules keep in this database."""
-        return []
 
     def _upgrade_seed_rows(self, c):
         # The seed stored every field as text; bring its rows to this schema.
@@ -155,9 +158,7 @@ class SqliteStore(Store):
     # --- reads ----------------------------------------------------------------
 
     def get(self, car_id, conn=None):
-        with self._read_lock:
-            row = (conn or self.connect()).execute(_SELECT + ' WHERE id = ?',
-                                                   (car_id,)).fetchone()
+        row = (conn or self.connect()).execute(_SELECT + ' WHERE id = ?', (car_id,)).fetchone()
         return _record(row) if row else None
 
     def list(self, filters, after, limit):
@@ -182,8 +183,7 @@ class SqliteStore(Store):
             sql += ' WHERE ' + ' AND '.join(where)
         sql += ' ORDER BY id LIMIT ?'
         params.append(limit + 1)
-        with self._read_lock:
-            rows = self.connect().execute(sql, params).fetchall()
+        rows = self.connect().execute(sql, params).fetchall()
         return [_record(r) for r in rows[:limit]], len(rows) > limit
 
     def count(self):
@@ -199,7 +199,7 @@ class SqliteStore(Store):
         c.execute('INSERT OR REPLACE INTO cars (%s) VALUES (%s)'
                   % (', '.join(COLUMNS), ', '.join('?' * len(COLUMNS))),
                   [record.get(col) for col in COLUMNS])
-        events.outbox_insert(c, before, record)
+        self._record_change(c, before, record)
         return record
 
     def _free_id(self, c):
@@ -216,15 +216,18 @@ class SqliteStore(Store):
             raise cars.IdSpaceExhausted()
         return random.choice(free)
 
-    def create(self, fields, car_id=None, also=None):
+    def create(self, fields, car_id=None, key_outcome=None):
         with self.transaction() as c:
             if car_id is None:
                 car_id = self._free_id(c)
             elif c.execute('SELECT 1 FROM cars WHERE id = ?', (car_id,)).fetchone():
                 raise cars.CarExists(car_id)
             record = self._insert(c, car_id, fields)
-            if also is not None:
-                also(c, record)
+            if key_outcome is not None and not self._record_key_outcome(
+                    c, key_outcome.key, key_outcome.token, key_outcome.outcome_for(record)):
+                # Raised inside the transaction: the car is rolled back.
+                raise KeyClaimLost('the claim on idempotency key %r was taken over'
+                                   % key_outcome.key)
             return record
 
     @staticmethod
@@ -271,7 +274,7 @@ class SqliteStore(Store):
                 raise cars.CarNotFound(car_id)
             self._check(car_id, current, expect, only_if_absent)
             c.execute('DELETE FROM cars WHERE id = ?', (car_id,))
-            events.outbox_insert(c, current, None)
+            self._record_change(c, current, None)
             return current
 
     def put_many(self, items, deadline=None):
@@ -289,3 +292,71 @@ class SqliteStore(Store):
                                  current['created_at'], current)
                 n += 1
         return n
+
+    # --- the change outbox ----------------------------------------------------------
+
+    @staticmethod
+    def _record_change(c, before, after):
+        event = events.build_event(before, after, os.urandom(16).hex(), 'sqlite',
+                                   None if after is not None else now_iso())
+        c.execute('INSERT INTO outbox (event) VALUES (?)',
+                  (json.dumps(event, separators=(',', ':'), ensure_ascii=False),))
+
+    def changes_after(self, seq, limit=1000):
+        rows = self.connect().execute(
+            'SELECT seq, event FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?',
+            (seq, limit)).fetchall()
+        return [(row_seq, json.loads(text)) for row_seq, text in rows]
+
+    # --- idempotency keys -----------------------------------------------------------
+
+    # Sweeping expired keys at most this often keeps a claim to one indexed lookup.
+    KEYS_SWEEP_EVERY = 60
+
+    def claim_key(self, key, fingerprint):
+        now = time.time()
+        token = os.urandom(8).hex()
+        with self.transaction() as c:
+            if now - self._keys_swept > self.KEYS_SWEEP_EVERY:
+                c.execute('DELETE FROM idempotency_keys WHERE expires_at <= ?', (now,))
+                self._keys_swept = now
+            row = c.execute('SELECT fingerprint, state, claimed_at, expires_at, outcome '
+                            'FROM idempotency_keys WHERE key = ?', (key,)).fetchone()
+            if row is not None and idempotency.decide_claim(
+                    idempotency.KeyRecord(*row[:4]), fingerprint, now) == idempotency.REPLAY:
+                return None, json.loads(row[4])
+            c.execute('INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, state, token, '
+                      'claimed_at, expires_at, outcome) VALUES (?, ?, ?, ?, ?, ?, NULL)',
+                      (key, fingerprint, idempotency.IN_FLIGHT, token, now,
+                       now + idempotency.TTL_SECONDS))
+        return token, None
+
+    @staticmethod
+    def _record_key_outcome(c, key, token, outcome):
+        """Whether the outcome was recorded: only an in-flight claim with this token is.
+
+        A takeover changed the token, and a done key is final.
+        """
+        return c.execute('UPDATE idempotency_keys SET state = ?, outcome = ? '
+                         'WHERE key = ? AND token = ? AND state = ?',
+                         (idempotency.DONE, encode_outcome(outcome), key, token,
+                          idempotency.IN_FLIGHT)).rowcount == 1
+
+    def record_key_outcome(self, key, token, outcome):
+        with self.transaction() as c:
+            self._record_key_outcome(c, key, token, outcome)
+
+    def release_key(self, key, token):
+        with self.transaction() as c:
+            c.execute('DELETE FROM idempotency_keys WHERE key = ? AND token = ? AND state = ?',
+                      (key, token, idempotency.IN_FLIGHT))
+
+    def current_key_outcome(self, key, fingerprint):
+        with self.transaction() as c:
+            row = c.execute('SELECT fingerprint, state, expires_at, outcome '
+                            'FROM idempotency_keys WHERE key = ?', (key,)).fetchone()
+        record = None
+        if row is not None:
+            record = idempotency.KeyRecord(row[0], row[1], None, row[2])
+        idempotency.check_replayable(record, fingerprint, time.time())
+        return json.loads(row[3])

@@ -1,38 +1,16 @@
-"""Settings read from the environment, in one place.
+"""Settings, read from the environment in one place.
 
-Every module reads its settings through `env()`. A Lambda container and a
-local server never change their environment after start-up, so each value is
-read once and remembered: an `os.environ` lookup costs about a microsecond (a
-missing key raises inside), which a request would otherwise pay a dozen times.
-Code that changes the environment at run time (the CLI's --store, benchmarks)
-calls `reload()`; `chalicelib.store.reset()` does. The test suite turns the
-memory off (`REMEMBER = False`), since tests change settings between requests.
+Every module reads its settings through `env()` or the accessors below; each
+call reads os.environ, so a changed environment applies at once.
 """
 import os
 
 STORES = ('sqlite', 'dynamodb')
-REMEMBER = True
-_remembered = {}
-# Bumped by reload(), so values derived from settings elsewhere know to go stale.
-generation = 0
 
 
 def env(name, default=None):
     """The environment variable `name`, or `default` when it is unset."""
-    try:
-        value = _remembered[name]
-    except KeyError:
-        value = os.environ.get(name)
-        if REMEMBER:
-            _remembered[name] = value
-    return default if value is None else value
-
-
-def reload():
-    """Forget remembered values: the environment has changed."""
-    global generation
-    _remembered.clear()
-    generation += 1
+    return os.environ.get(name, default)
 
 
 class ConfigError(Exception):

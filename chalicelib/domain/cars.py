@@ -1,13 +1,9 @@
 """The car rules: fields, validation, id rules, versions and listing filters.
 
-The domain knows no framework and no store. Every entry point (HTTP routes, the
-queue, bulk import, the CLI) validates through `validate_new`, `validate_patch`
-and `validate_filters`, so a car is the same thing wherever it comes from.
-
-The field types are declared once, as msgspec types with their constraints; the
-same declarations validate input and produce the JSON Schemas of the OpenAPI
-document (see `schemas`). msgspec is imported lazily: a read of one car never
-needs it, and cold start pays for what a request uses.
+No framework and no store: every entry point validates a car through
+`validate_new` or `validate_patch`, and a listing through `validate_list_params`.
+The field types are msgspec types, which also give the OpenAPI document its
+schemas (chalicelib/http/openapi.py).
 """
 import os
 import re
@@ -147,6 +143,7 @@ class VersionMismatch(CarError):
 
 # --- validation ---------------------------------------------------------------
 
+# msgspec is imported where used: a read of one car never needs it.
 _types_cache = {}
 
 

@@ -1,49 +1,22 @@
 """Write protection: bearer tokens, checked in constant time, never logged.
 
-Where the tokens come from (read on each check, so tests and stages can change them):
-
-- `CARS_AUTH_TOKENS`: a comma-separated list, for `chalice local` and tests.
-- `CARS_AUTH_SSM_PARAMETER`: the name of an SSM Parameter Store SecureString
-  holding the list (comma- or newline-separated); deployed stages use this.
-  It is fetched lazily, once per container, and re-read after
-  SSM_CACHE_SECONDS so a rotated token takes effect within a minute. If the
-  parameter cannot be read, writes fail closed (503), never open.
-- Neither: writes are open, except inside Lambda, where an unconfigured stage
-  refuses writes (503) unless `CARS_AUTH_DISABLED=true` says open on purpose.
-
-`CARS_AUTH_PROTECT_READS=true` protects the car reads too.
-
-Two enforcement points share `check()`:
-
-- The HTTP middleware (`middleware`) checks every protected request. It
-  answers 401/403 with problem bodies, on `chalice local`, the Chalice test
-  client and in Lambda alike.
-- The Chalice built-in authorizer (`authorize`) is attached to the protected
-  routes when the stage names an SSM parameter, so a deployed API Gateway
-  turns away bad tokens before the API function runs (and caches the
-  verdict per token). The middleware then trusts the gateway's verdict
-  (`requestContext.authorizer.principalId`) instead of comparing the token
-  again, but still refuses (400) a request with two credentials, since which
-  line API Gateway hands the authorizer is not documented. The
-  gateway's own 401/403 bodies are shaped by its UNAUTHORIZED and
-  ACCESS_DENIED gateway responses (see the deployment template).
-
-The authorizer is attached at import, from the stage's environment (Chalice
-loads the app with the stage's variables when it packages, deploys or runs
-locally). It is not attached for `CARS_AUTH_TOKENS` alone because API
-Gateway, and `chalice local` imitating it, answer a request without an
-Authorization header with a JSON 401 of their own before any code runs,
-which would both break "unset means open" and the problem+json promise.
+Tokens come from `CARS_AUTH_TOKENS` (local runs, tests) or the SSM SecureString
+named by `CARS_AUTH_SSM_PARAMETER` (deployed stages). `middleware` checks every
+protected request; `authorize` is API Gateway's authorizer where tokens are in SSM.
 """
 import threading
 import time
 
 from chalicelib import config
+from chalicelib.http import paths
+from chalicelib.http.problems import problem_response
+from chalicelib.http.request import header_value
 
+# A rotated token takes effect within this many seconds.
 SSM_CACHE_SECONDS = 60
 PRINCIPAL = 'cars-writer'
 WRITE_METHODS = frozenset(('POST', 'PUT', 'PATCH', 'DELETE'))
-PROTECTED_PREFIX = '/api/v1/cars'
+PROTECTED_PREFIX = paths.CARS
 _TRUE = ('1', 'true', 'yes', 'on')
 
 
@@ -70,6 +43,10 @@ def reads_protected():
 
 def gateway_enforced():
     """True when the stage keeps its tokens in SSM: attach the built-in authorizer."""
+    # Not for CARS_AUTH_TOKENS alone: API Gateway, and `chalice local` imitating
+    # it, answer a request without an Authorization header with a JSON 401 of
+    # their own before any code runs, which would break "unset means open" and
+    # the problem+json promise.
     return ssm_parameter() is not None
 
 
@@ -126,7 +103,12 @@ def clear_cache():
 
 
 def tokens():
-    """The accepted tokens, or None when protection is off. Raises AuthError(503)."""
+    """The accepted tokens, or None when protection is off. Raises AuthError(503).
+
+    Neither setting means open writes, except inside Lambda, where a stage
+    without tokens refuses writes unless CARS_AUTH_DISABLED=true says open on
+    purpose.
+    """
     raw = config.env('CARS_AUTH_TOKENS')
     if raw is not None and raw.strip():
         return _split(raw)
@@ -209,7 +191,6 @@ def middleware(event, get_response):
     path = (event.context or {}).get('resourcePath') or event.path or ''
     if not is_protected(event.method, path):
         return get_response(event)
-    from chalicelib.http import header_value, problem_response
     authorization = header_value(event, 'authorization')
     try:
         authorizer = (event.context or {}).get('authorizer') or {}

@@ -1,13 +1,6 @@
-"""CORS, decided per request from the stage's settings.
-
-`CARS_CORS_ORIGINS`: comma-separated origins allowed to call the API from a
-browser (`https://app.example.com`), or `*` for any; unset means none.
-
-Chalice's own CORSConfig is fixed per route at import and answers preflights
-in API Gateway (a MOCK integration) with one static origin. Instead, the app
-defines its own OPTIONS routes (answered by `preflight`) and a middleware adds
-the response headers, so the same code decides locally and deployed, reads
-the origin list at run time, and can echo one of several allowed origins.
+"""CORS, decided per request: `CARS_CORS_ORIGINS` lists the origins that may
+call the API from a browser (or `*`); unset means none. The app answers its
+own preflights (`preflight`) and `middleware` adds the response headers.
 """
 from chalicelib import config
 

@@ -1,15 +1,12 @@
-"""The docs page: the OpenAPI document rendered as one self-contained HTML page.
-
-Rendered server-side with the standard library only, no scripts or external
-assets, so it works offline and costs nothing until someone asks for it.
-Problem types have anchors `#problem-<slug>`: the `type` URI of every problem
-body points here.
+"""The docs page: the OpenAPI document as one self-contained HTML page (no
+scripts or external assets, so it works offline), with an anchor
+`#problem-<slug>` for each problem type, which problem bodies link to.
 """
 import html
 import json
 import re
 
-from chalicelib.http import openapi
+from chalicelib.http import openapi, paths
 
 _cache = {}
 
@@ -110,8 +107,8 @@ def render(doc):
            '<h1>%s <small>%s</small></h1>' % (html.escape(info['title']),
                                              html.escape(info['version'])),
            '<p>%s</p>' % _md(info.get('description')),
-           '<p>The machine-readable document: <a href="/api/v1/openapi.json">'
-           '<code>/api/v1/openapi.json</code></a> (OpenAPI %s).</p>' % doc['openapi']]
+           '<p>The machine-readable document: <a href="%s"><code>%s</code></a> '
+           '(OpenAPI %s).</p>' % (paths.OPENAPI, paths.OPENAPI, doc['openapi'])]
     ops = [(path, method, op) for path, item in doc['paths'].items()
            for method, op in item.items() if method != 'parameters']
     out.append('<nav><h2 id="routes">Routes</h2><ul>')

@@ -1,106 +1,44 @@
-"""The OpenAPI 3.1 document of the API, built from the car rules in cars.py.
-
-The JSON Schemas of bodies and query parameters come from the same msgspec
-types that validate requests (`cars._field_types`, `cars.list_param_types`),
-so the document cannot say something the server does not do. Which requests
-need a bearer token comes from the running server's own settings
-(`auth.enabled()`, `auth.reads_protected()`), so the document tells a client
-what this server asks of it. The document is built on first request and
-cached per year and per those settings: other routes never pay for it.
+"""The OpenAPI 3.1 document, built from the msgspec types that validate requests
+(chalicelib/domain/cars.py), the problem catalogue (problems.py) and this
+server's settings: which requests need a bearer token.
 """
 import json
 
-from chalicelib import http
 from chalicelib.domain import cars
-from chalicelib.http import auth
+from chalicelib.http import auth, paths
+from chalicelib.http.problems import CATALOGUE, PROBLEM, PROBLEM_TYPES, type_uri
+from chalicelib.http.request import FORM, JSON
 
 TITLE = 'Car inventory API'
 VERSION = '1.0.0'
-DOCS_PATH = '/api/v1/docs'
-CARS = '/api/v1/cars'
-CAR = '/api/v1/cars/{car_id}'
 
-# Every problem type the API emits, by slug: its `type` URI is
-# /api/v1/docs#problem-<slug>, and the docs page has an anchor for each.
-PROBLEM_TYPES = [
-    ('malformed-body', 400,
-     'The body is not valid JSON, not valid UTF-8, or a malformed form. Nothing was changed.'),
-    ('invalid-query', 400,
-     'A query parameter is unknown, given more than once, or breaks its rule; `errors` '
-     'lists each one.'),
-    ('invalid-cursor', 400,
-     'The `cursor` was altered, or is used with other filters than the page it came from. '
-     'Start the listing again without it.'),
-    ('invalid-precondition', 400,
-     'On writes `If-None-Match` may only be `*` (write only where no car exists).'),
-    ('invalid-authorization', 400,
-     'The request carries more than one `Authorization` header, or more than one '
-     'credential in it (a bearer token has no commas). Send exactly one '
-     '`Authorization: Bearer <token>`; nothing was changed.'),
-    ('invalid-idempotency-key', 400,
-     'The `Idempotency-Key` header must be 1-255 printable ASCII characters.'),
-    ('unauthorized', 401,
-     'Write protection is on and the request carries no `Authorization: Bearer` token.'),
-    ('forbidden', 403,
-     'The bearer token is not one of the tokens this deployment accepts.'),
-    ('car-not-found', 404,
-     'There is no car with this id, or the id in the path is not exactly 4 digits.'),
-    ('car-exists', 409,
-     'A car with the `id` given on create already exists; replace it with PUT instead.'),
-    ('id-space-exhausted', 409,
-     'All 6,561 assignable ids (digits 1-9) are taken. Delete a car, or create with a free '
-     'id of your choice.'),
-    ('idempotency-key-in-flight', 409,
-     'A request with the same `Idempotency-Key` is still being processed; retry shortly.'),
-    ('version-mismatch', 412,
-     'The `If-Match` tag is not the car\'s current `ETag` (or `If-None-Match: *` found a car): '
-     'someone else changed it first. Nothing was written; read the car again and retry.'),
-    ('body-too-large', 413, 'The body is over 64 KiB.'),
-    ('unsupported-media-type', 415,
-     'Bodies must be `application/json` or `application/x-www-form-urlencoded`, in UTF-8.'),
-    ('invalid-car', 422,
-     'The body is well formed but breaks the car rules: `errors` lists every bad field with '
-     'its rule, and nothing was changed.'),
-    ('idempotency-key-reused', 422,
-     'The `Idempotency-Key` was already used with another body within the last 24 hours; '
-     'use a new key for a new request.'),
-    ('store-unavailable', 503,
-     'The car store is busy or unreachable; retry after the `Retry-After` seconds.'),
-    ('auth-unavailable', 503,
-     'Write protection is configured but its tokens cannot be read (or a deployed stage has '
-     'none configured): writes are refused, never let through.'),
-]
-
-_cache = {}
+_cache = {}  # settings -> (document, its JSON text)
 
 
 def _settings():
-    """What the document depends on besides the code: the year, and who needs a token.
-
-    Read through chalicelib.config, so a settings reload (or the test suite's
-    REMEMBER = False) gives the next request the document of the new settings.
-    """
+    """What the document depends on besides the code: the year, and who needs a token."""
     writes = auth.enabled()
     return cars.year_max(), writes, writes and auth.reads_protected()
 
 
-def document():
-    """The OpenAPI document as a dict, built once per year and protection settings."""
+def _current():
     key = _settings()
-    doc = _cache.get(key)
-    if doc is None:
+    built = _cache.get(key)
+    if built is None:
+        # Settings change rarely (a new year, another stage): keep only the current ones.
         _cache.clear()
-        doc = _cache[key] = _build(*key[1:])
-    return doc
+        doc = _build(*key[1:])
+        built = _cache[key] = (doc, json.dumps(doc, separators=(',', ':'), ensure_ascii=False))
+    return built
+
+
+def document():
+    """The OpenAPI document as a dict."""
+    return _current()[0]
 
 
 def document_json():
-    key = ('json',) + _settings()
-    text = _cache.get(key)
-    if text is None:
-        text = json.dumps(document(), separators=(',', ':'), ensure_ascii=False)
-        _cache[key] = text
-    return text
+    return _current()[1]
 
 
 # --- schemas from the car rules ------------------------------------------------
@@ -205,8 +143,8 @@ def _problem_schema():
         'required': ['type', 'title', 'status', 'detail'],
         'properties': {
             'type': {'type': 'string',
-                     'description': '`about:blank` or `%s#problem-<slug>`, slug one of %s'
-                                    % (DOCS_PATH, slugs)},
+                     'description': '`about:blank` or `%s`, slug one of %s'
+                                    % (type_uri('<slug>'), slugs)},
             'title': {'type': 'string'},
             'status': {'type': 'integer', 'minimum': 400, 'maximum': 599},
             'detail': {'type': 'string'},
@@ -240,7 +178,7 @@ def _header(description, schema=None):
 
 ETAG = _header('Strong validator of the car\'s current version, e.g. `"3-9f2c4e1ab0d37c55"`; '
                'send it back in `If-Match`')
-LOCATION = _header('The URL of the car: `/api/v1/cars/{id}`')
+LOCATION = _header('The URL of the car: `%s`' % paths.car('{id}'))
 LINK = _header('`<...>; rel="next"` when there is a next page (the same URL as `next`)')
 RETRY_AFTER = _header('Seconds to wait before retrying', {'type': 'string'})
 WWW_AUTHENTICATE = _header('`Bearer realm="cars"`')
@@ -251,29 +189,13 @@ ALLOW = _header('The methods this path supports')
 
 def _problem(status, description):
     return {'description': description,
-            'content': {http.PROBLEM: {'schema': {'$ref': '#/components/schemas/Problem'}}}}
+            'content': {PROBLEM: {'schema': {'$ref': '#/components/schemas/Problem'}}}}
 
 
 def _problems(*statuses):
-    texts = {
-        400: 'Malformed syntax: bad JSON or form, a bad or repeated query parameter, an '
-             'altered cursor, a bad `Idempotency-Key`, `If-None-Match` other than `*` '
-             'on a write, or more than one `Authorization` credential',
-        401: 'Protection is on and no bearer token was sent',
-        403: 'The bearer token is not accepted',
-        404: 'No car with this id (or the id is not exactly 4 digits)',
-        409: 'Conflict: the id exists, no id is free, or an identical `Idempotency-Key` '
-             'request is still in flight',
-        412: '`If-Match` did not match the car\'s current `ETag`, or `If-None-Match: *` '
-             'found a car; nothing was written',
-        413: 'The body is over 64 KiB',
-        415: 'Not JSON, not a form, or not UTF-8',
-        422: 'Well-formed input that breaks the rules; `errors` lists every bad field',
-        503: 'The store is busy or unreachable, or write protection cannot read its tokens',
-    }
     out = {}
     for status in statuses:
-        out[str(status)] = _problem(status, texts[status])
+        out[str(status)] = _problem(status, CATALOGUE[status][0])
     if '401' in out:
         out['401']['headers'] = {'WWW-Authenticate': WWW_AUTHENTICATE}
     return out
@@ -282,7 +204,7 @@ def _problems(*statuses):
 def _car_response(description, *headers):
     out = {'description': description,
            'headers': {'ETag': ETAG},
-           'content': {http.JSON: {'schema': {'$ref': '#/components/schemas/Car'}}}}
+           'content': {JSON: {'schema': {'$ref': '#/components/schemas/Car'}}}}
     if 'Location' in headers:
         out['headers']['Location'] = LOCATION
     if 'Idempotent-Replayed' in headers:
@@ -296,8 +218,8 @@ def _body(name, description):
         'required': True,
         'description': description,
         'content': {
-            http.JSON: {'schema': {'$ref': ref}},
-            http.FORM: {'schema': {'$ref': ref + 'Form'}},
+            JSON: {'schema': {'$ref': ref}},
+            FORM: {'schema': {'$ref': ref + 'Form'}},
         },
     }
 
@@ -382,25 +304,25 @@ def _build(writes_protected, reads_protected):
     write_security = WRITE if writes_protected else None
     read_security = WRITE if reads_protected else None
     hi = cars.year_max()
-    paths = {
+    path_items = {
         '/': {'get': _op(
             'hello', 'The seed\'s greeting', {
                 '200': {'description': '`Hello, world`',
                         'content': {'text/plain': {'schema': {'const': 'Hello, world'}}}}},
             tags=['service'])},
-        '/api/v1/health': {'get': _op(
+        paths.HEALTH: {'get': _op(
             'health', 'Liveness and store reachability', dict({
                 '200': {'description': 'The store answered',
-                        'content': {http.JSON: {
+                        'content': {JSON: {
                             'schema': {'$ref': '#/components/schemas/Health'}}}}},
                 **_problems(503)), tags=['service'])},
-        CARS: {
+        paths.CARS: {
             'get': _op(
                 'listCars', 'List cars, one page at a time', dict({
                     '200': {
                         'description': 'One page, in ascending `id` order',
                         'headers': {'Link': LINK},
-                        'content': {http.JSON: {
+                        'content': {JSON: {
                             'schema': {'$ref': '#/components/schemas/CarList'}}}}},
                     **_problems(400, *read_problems, 503)),
                 description='Filters combine with AND; text filters are exact and '
@@ -422,7 +344,7 @@ def _build(writes_protected, reads_protected):
                 security=write_security),
             'options': _preflight('carsPreflight'),
         },
-        CAR: {
+        paths.CAR: {
             'parameters': [CAR_ID],
             'get': _op(
                 'getCar', 'Read one car', dict({
@@ -467,12 +389,12 @@ def _build(writes_protected, reads_protected):
                 security=write_security),
             'options': _preflight('carPreflight', 404),
         },
-        '/api/v1/openapi.json': {'get': _op(
+        paths.OPENAPI: {'get': _op(
             'openapi', 'This document', {
                 '200': {'description': 'The OpenAPI 3.1 document',
-                        'content': {http.JSON: {'schema': {'type': 'object'}}}}},
+                        'content': {JSON: {'schema': {'type': 'object'}}}}},
             tags=['service'])},
-        DOCS_PATH: {'get': _op(
+        paths.DOCS: {'get': _op(
             'docs', 'This document as a page for people', {
                 '200': {'description': 'An HTML page that works offline',
                         'content': {'text/html': {'schema': {'type': 'string'}}}}},
@@ -499,11 +421,10 @@ def _build(writes_protected, reads_protected):
         },
         'tags': [{'name': 'cars', 'description': 'The inventory'},
                  {'name': 'service', 'description': 'Health and documentation'}],
-        'paths': paths,
+        'paths': path_items,
         'components': components,
         'x-problem-types': [
-            {'slug': slug, 'type': '%s#problem-%s' % (DOCS_PATH, slug), 'status': status,
-             'description': text}
+            {'slug': slug, 'type': type_uri(slug), 'status': status, 'description': text}
             for slug, status, text in PROBLEM_TYPES],
     }
 
@@ -514,6 +435,6 @@ def _protection_text(writes_protected, reads_protected):
                 '(Where a deployment sets `CARS_AUTH_TOKENS` or its SSM parameter, writes '
                 'need `Authorization: Bearer <token>`, and its document says so.)')
     if reads_protected:
-        return ('Every request to `/api/v1/cars...` on this server needs '
-                '`Authorization: Bearer <token>`.')
+        return ('Every request to `%s...` on this server needs '
+                '`Authorization: Bearer <token>`.' % paths.CARS)
     return 'Writes on this server need `Authorization: Bearer <token>`; reads are open.'

@@ -1,9 +1,7 @@
-"""The car inventory's command line: `python -m chalicelib.cli COMMAND`.
+"""The operators' command line, `python -m chalicelib.cli COMMAND`; Lambda never runs it.
 
 Commands work on the configured store (CARS_STORE, CARS_DB_PATH, CARS_TABLE,
-AWS_ENDPOINT_URL_DYNAMODB; see the README), or the one `--store` names. click
-comes with Chalice, so the CLI runs from the Lambda package too, with no
-runtime dependency of its own.
+AWS_ENDPOINT_URL_DYNAMODB; see docs/api.md), or the one `--store` names.
 """
 import os
 import random
@@ -12,8 +10,11 @@ import time
 
 import click
 
-from chalicelib import automation, config, observability
-from chalicelib.domain import cars, events
+from chalicelib import config, observability
+from chalicelib.automation import files
+from chalicelib.automation.bulk_import import WRITE_BATCH, import_valid
+from chalicelib.automation.export import all_cars
+from chalicelib.domain import cars
 from chalicelib import store as store_module
 from chalicelib.store.base import WriteIncomplete
 
@@ -77,28 +78,28 @@ def import_(file, skip_invalid):
     with open(file, 'rb') as f:
         data = f.read()
     try:
-        rows = automation.read_rows(file, data)
-    except automation.FileError as e:
+        rows = files.read_rows(file, data)
+    except files.FileError as e:
         raise click.ClickException('%s: %s' % (file, e))
-    valid, errors = automation.validate_rows(rows)
+    valid, errors = files.validate_rows(rows)
     if errors and not skip_invalid:
         click.echo('%s: %d invalid row(s); nothing was imported (use --skip-invalid to '
                    'import the %d valid ones):\n%s'
                    % (file, len({e['line'] for e in errors}), len(valid),
-                      automation.format_errors(errors)), err=True)
+                      files.format_errors(errors)), err=True)
         sys.exit(1)
     import hashlib
     source = 'sha256:' + hashlib.sha256(data).hexdigest()
     store = _store()
     with click.progressbar(length=len(valid), label='importing', file=sys.stderr) as bar:
-        counts, write_errors = automation.import_valid(store, valid, source, bar.update)
+        counts, write_errors = import_valid(store, valid, source, bar.update)
     click.echo('imported %d car(s) from %s (%d new ids assigned, %d already imported '
                'before)' % (counts['written'], file, counts['created'],
                            counts['already_created']))
     all_errors = sorted(errors + write_errors, key=lambda e: e['line'] or 0)
     if all_errors:
         click.echo('skipped %d row(s):\n%s' % (len({e['line'] for e in all_errors}),
-                                               automation.format_errors(all_errors)), err=True)
+                                               files.format_errors(all_errors)), err=True)
     if write_errors:
         sys.exit(1)
 
@@ -108,18 +109,18 @@ def import_(file, skip_invalid):
 def export(file):
     """Write every car to FILE: CSV with a header row, or JSON Lines (.jsonl)."""
     try:
-        fmt = automation.file_format(file)
-    except automation.FileError as e:
+        fmt = files.file_format(file)
+    except files.FileError as e:
         raise click.ClickException(str(e))
     store = _store()
     records = []
-    with click.progressbar(automation.all_cars(store), label='reading',
+    with click.progressbar(all_cars(store), label='reading',
                            file=sys.stderr) as bar:
         records.extend(bar)
     # Written to a temporary file and renamed, so a failure leaves no half file.
     tmp = file + '.tmp'
     with open(tmp, 'w', encoding='utf-8', newline='') as out:
-        automation.write_rows(out, records, fmt)
+        files.write_rows(out, records, fmt)
     os.replace(tmp, file)
     click.echo('exported %d car(s) to %s' % (len(records), file))
 
@@ -174,7 +175,7 @@ def seed(n, random_seed):
 @cli.command()
 @click.option('--from', 'source', type=click.Choice(config.STORES), required=True)
 @click.option('--to', 'target', type=click.Choice(config.STORES), required=True)
-@click.option('--batch', type=click.IntRange(1, 5000), default=automation.WRITE_BATCH,
+@click.option('--batch', type=click.IntRange(1, 5000), default=WRITE_BATCH,
               show_default=True)
 def copy(source, target, batch):
     """Copy every car from one store to the other (create or replace by id).
@@ -186,12 +187,12 @@ def copy(source, target, batch):
     if source == target:
         raise click.ClickException('--from and --to name the same store')
     src, dst = _store(source), _store(target)
-    records = list(automation.all_cars(src))
+    records = list(all_cars(src))
     with click.progressbar(length=len(records), label='copying', file=sys.stderr) as bar:
         for start in range(0, len(records), batch):
             chunk = records[start:start + batch]
             try:
-                dst.put_many([{k: r.get(k) for k in automation.COLUMNS} for r in chunk])
+                dst.put_many([{k: r.get(k) for k in files.COLUMNS} for r in chunk])
             except WriteIncomplete as e:
                 raise click.ClickException(
                     'stopped after %d car(s): %s; not written: %s. Run the same copy again '
@@ -217,11 +218,11 @@ def events_(follow, after, interval):
         raise click.ClickException('the event outbox is kept by the sqlite store; deployed, '
                                    'events are published to the SNS topic '
                                    'CARS_EVENTS_TOPIC_ARN')
-    conn = _store('sqlite').connect()
+    store = _store('sqlite')
     seq = after
     try:
         while True:
-            batch = events.outbox_read(conn, seq)
+            batch = store.changes_after(seq)
             for seq, event in batch:
                 click.echo(json.dumps(dict(event, seq=seq), ensure_ascii=False))
             if batch:

@@ -1,36 +1,9 @@
-"""Operations: who a log line belongs to, and business metrics, at no cost of their own.
+"""Operations: the ids that tie each log line to its request or event, and business metrics.
 
-Logs. Deployed, the Lambda runtime writes every stdlib log record as one JSON
-object (the functions' LoggingConfig is JSON, see deploy/monitoring.py), and
-it adds every attribute of the record it does not know as a key of its own.
-So the ids that tie a line to its request or event are record attributes:
-`middleware` (registered on every handler in app.py) marks the invocation's
-event as the current one, and a LogRecord factory copies the ids read from
-it, and those given to `bind`, onto each record made meanwhile, from any
-logger (a filter would see only the records of the logger it sits on, not
-its children's). "Current" is per thread: every handler is synchronous, so an
-invocation runs from start to end on one thread (Lambda's, or a local
-server's). The ids are read only when a line is logged: a request that logs
-nothing pays for two attribute stores, well under a microsecond. The names:
-
-    apiRequestId  API Gateway's requestContext.requestId, which the access log
-                  writes as `requestId` (the runtime's own `requestId` key is
-                  the Lambda invocation's id, and it cannot be overridden)
-    carId         the car a request names or creates
-    messageId     the SQS message being ingested
-    s3Bucket, s3Key  the object an import reads
-    eventId       the DynamoDB stream record being turned into a change event
-
-A name bound here must not also be passed in `extra=` (logging refuses to
-overwrite a record attribute, and raises), hence names no library would use.
-
-Metrics are CloudWatch Embedded Metric Format: one JSON line on stdout per
-invocation that counted something, which CloudWatch Logs turns into metrics
-(namespace CarsApi, dimension `stage`); no API call, no client. A small writer
-rather than Powertools Metrics, whose import costs more than the app's whole
-cold start budget allows (see the README, Operations).
-
-Nothing here is imported that app.py does not import already.
+`middleware` (on every handler, see app.py) makes the invocation current; a
+LogRecord factory copies its ids, and those given to `bind`, onto every record
+made meanwhile. Metrics are one CloudWatch Embedded Metric Format line on
+stdout per invocation that counted something: no client, no API call.
 """
 import json
 import logging
@@ -40,9 +13,21 @@ import threading
 import time
 
 from chalicelib import config
+from chalicelib.http import paths
 
+# The metrics' CloudWatch namespace (their one dimension is `stage`).
 NAMESPACE = 'CarsApi'
-# The fields `bind` accepts, in the order the local text format shows them.
+# The fields `bind` accepts, in the order the local text format shows them:
+#   apiRequestId     API Gateway's requestContext.requestId, the access log's
+#                    `requestId` (the runtime's own `requestId` key is the
+#                    Lambda invocation's, and cannot be overridden)
+#   carId            the car a request names or creates
+#   messageId        the SQS message being ingested
+#   s3Bucket, s3Key  the object an import reads
+#   eventId          the DynamoDB stream record being turned into a change event
+# The Lambda runtime's JSON handler writes every record attribute it does not
+# know as a key of its own. None of these may also be passed in `extra=`
+# (logging raises rather than overwrite a record attribute).
 FIELDS = ('apiRequestId', 'carId', 'messageId', 's3Bucket', 's3Key', 'eventId')
 
 log = logging.getLogger('cars.ops')
@@ -75,6 +60,8 @@ class _Invocation(object):
         return self._fields
 
 
+# Per thread: every handler is synchronous, so an invocation runs from start to
+# end on one thread (Lambda's, or a local server's).
 class _Local(threading.local):
     current = None  # None, the chalice Request being served, or an _Invocation
 
@@ -131,6 +118,8 @@ def _record_with_fields(*args, **kwargs):
     return record
 
 
+# A factory, not a filter: a filter sees only its own logger's records, not
+# its children's.
 logging.setLogRecordFactory(_record_with_fields)
 
 
@@ -154,6 +143,8 @@ def metrics_enabled():
     return bool(config.env('AWS_LAMBDA_FUNCTION_NAME'))
 
 
+# Written here, not with Powertools Metrics, whose import alone costs more than
+# the cold start budget allows (docs/design.md, cold-start choices).
 def emf_line(counts, fields=None, now=None):
     """One EMF document: the counts as metrics, the bound ids as searchable properties."""
     stage = config.env('CARS_STAGE', 'local')
@@ -191,7 +182,7 @@ def middleware(event, get_response):
     previous = _local.current
     if event.__class__.__name__ == 'Request':
         # The hot path: a read adds two stores and a set lookup. Chalice turns
-        # a view's exception into a 500 itself (http.handles_errors logs it).
+        # a view's exception into a 500 itself (problems.handles_errors logs it).
         _local.current = event
         try:
             response = get_response(event)
@@ -226,7 +217,7 @@ def _fields_of(event, kind):
             fields['apiRequestId'] = request_id
         car_id = (event.uri_params or {}).get('car_id')
         # Four ASCII digits or nothing: the segment is whatever the client
-        # sent (http.middleware applies the full id rule, and 404s the rest).
+        # sent (http/middleware.py applies the full id rule, and 404s the rest).
         if car_id and len(car_id) == 4 and car_id.isascii() and car_id.isdigit():
             fields['carId'] = car_id
         return fields
@@ -247,7 +238,7 @@ _DONE = {('create', 201): ('created', 'CarsCreated'),
 
 def _record_write(request, response):
     """One line per write to a car: which, on what car, and how it ended."""
-    if not (request.path or '').startswith('/api/v1/cars'):
+    if not (request.path or '').startswith(paths.CARS):
         return
     action = _WRITES.get((request.method, 'car_id' in (request.uri_params or {})))
     if action is None:

@@ -2,17 +2,8 @@
 
     python deploy/check_policy.py out/aws-calls.jsonl
 
-The test suite records the calls (tests/conftest.py, when CARS_RECORD_AWS_CALLS
-names a file): one JSON object a line, {"service", "operation", "function",
-"key"?, "actions"?}, where "function" is the logical id of the deployed
-function whose handler made the call (null when a test called chalicelib
-directly). For every stage and function, the policy from deploy/policies.py must
-
-- allow every call that function made (and the calls the platform makes with
-  its role: logs, tracing, its event source mapping, its failure destination);
-- allow nothing else: no action and no object prefix that no such call needs.
-
-Calls made with no function named must be allowed by some function's policy.
+Per stage and function, the policy (deploy/policies.py) must allow every call
+the function made and the platform makes with its role, and nothing else.
 Exit status 1 lists what is missing or extra.
 """
 import argparse
@@ -25,7 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-import policies  # noqa: E402 - deploy/ is not a package
+import ids  # noqa: E402 - deploy/ is not a package
+import policies  # noqa: E402
 
 # Operations whose IAM action has another name than the operation.
 ACTIONS = {
@@ -58,17 +50,17 @@ KMS = {
 PLATFORM = ['logs:CreateLogStream', 'logs:PutLogEvents',
             'xray:PutTelemetryRecords', 'xray:PutTraceSegments']
 PLATFORM_BY_FUNCTION = {
-    policies.INGEST_QUEUE: ['sqs:DeleteMessage', 'sqs:GetQueueAttributes',
-                            'sqs:ReceiveMessage'],
-    policies.PUBLISH_CHANGES: ['dynamodb:DescribeStream', 'dynamodb:GetRecords',
-                               'dynamodb:GetShardIterator', 'dynamodb:ListStreams',
-                               'sqs:SendMessage'],
-    policies.IMPORT_UPLOAD: ['sqs:SendMessage'],
-    policies.SCHEDULED_EXPORT: ['sqs:SendMessage'],
+    ids.INGEST_QUEUE: ['sqs:DeleteMessage', 'sqs:GetQueueAttributes',
+                       'sqs:ReceiveMessage'],
+    ids.PUBLISH_CHANGES: ['dynamodb:DescribeStream', 'dynamodb:GetRecords',
+                          'dynamodb:GetShardIterator', 'dynamodb:ListStreams',
+                          'sqs:SendMessage'],
+    ids.IMPORT_UPLOAD: ['sqs:SendMessage'],
+    ids.SCHEDULED_EXPORT: ['sqs:SendMessage'],
 }
 
 # Object keys in a bucket policy resource: "${CarsBucket.Arn}/imports/*".
-OBJECT_RESOURCE = re.compile(r'^\$\{%s\.Arn\}/(.*)$' % policies.BUCKET)
+OBJECT_RESOURCE = re.compile(r'^\$\{%s\.Arn\}/(.*)$' % ids.BUCKET)
 
 
 def iam_actions(call):
@@ -171,6 +163,13 @@ def check(calls, stage):
 
 
 def read_calls(path):
+    """The calls tests/conftest.py recorded, once each.
+
+    One JSON object a line: {"service", "operation", "function", "key"?,
+    "actions"?}, "function" being the logical id of the deployed function whose
+    handler made the call, or null when a test called chalicelib directly (some
+    function's policy must allow those).
+    """
     calls, seen = [], set()
     with open(path) as f:
         for line in f:

@@ -1,28 +1,22 @@
 """Monitoring, per stage: the functions' log settings, alarms, an alarm topic, a dashboard.
 
-`add(template, stage)` adds them to the merge template that deploy/resources.py
-builds (it is called at the end of `resources.build`), so `chalice package`
-merges them over its own template. What each alarm means and what to do when
-it fires is in the README (Operations).
-
-Every function logs JSON through the Lambda runtime (LoggingConfig in SAM's
-Globals, so a function added to app.py gets it too); the application level is
-a stack parameter that stops at INFO: the app's metrics are EMF lines on
-stdout, which Lambda files as INFO, so a higher level would drop them.
+`add(template, stage)` adds them to the merge template deploy/resources.py
+builds. What each alarm means and what to do when it fires is in
+docs/operations.md.
 """
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-# Logical ids Chalice gives app.py's functions, and our table (one list, in policies.py).
-from policies import API_HANDLER, FUNCTIONS, TABLE  # noqa: E402 - deploy/ is not a package
-from policies import PUBLISH_CHANGES as STREAM_CONSUMER  # noqa: E402
-from policies import TOKEN_AUTHORIZER as AUTHORIZER  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REST_API = 'RestAPI'
+# deploy/ is not a package; the repository root holds chalicelib.
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), ROOT]
+
+from ids import API_HANDLER, FUNCTIONS, REST_API, TABLE  # noqa: E402
+from ids import PUBLISH_CHANGES as STREAM_CONSUMER  # noqa: E402
+from ids import TOKEN_AUTHORIZER as AUTHORIZER  # noqa: E402
+from chalicelib.observability import NAMESPACE as METRICS_NAMESPACE  # noqa: E402
+
 API_STAGE = 'api'
 
 ALARM_TOPIC = 'AlarmTopic'
@@ -30,7 +24,6 @@ ALARM_EMAIL = 'AlarmEmail'
 HAS_ALARM_EMAIL = 'HasAlarmEmail'
 LOG_LEVEL = 'ApplicationLogLevel'
 DASHBOARD = 'OperationsDashboard'
-METRICS_NAMESPACE = 'CarsApi'  # chalicelib/observability.py writes it
 
 STAGES = {
     'dev': {'log_level': 'INFO', 'latency_p99_ms': 3000},
@@ -229,6 +222,7 @@ def add(template, stage, functions=FUNCTIONS, queues=None):
     template.setdefault('Conditions', {})[HAS_ALARM_EMAIL] = {
         'Fn::Not': [{'Fn::Equals': [{'Ref': ALARM_EMAIL}, '']}]}
 
+    # Globals: a function added to app.py logs JSON through the runtime too.
     function_globals = template.setdefault('Globals', {}).setdefault('Function', {})
     function_globals['LoggingConfig'] = {
         'LogFormat': 'JSON', 'ApplicationLogLevel': {'Ref': LOG_LEVEL},

@@ -28,6 +28,12 @@ WRONG_PYTHON = (
     '    make clean && make')
 
 
+# The caller's local settings are not the stage's: app.py reads them when
+# `chalice package` imports it, so they are kept out of that import (the
+# import rule's pattern, for one, names the placeholder bucket).
+CALLERS_ONLY = ('CARS_STORE', 'CARS_AUTH_TOKENS', 'CARS_BUCKET')
+
+
 def check_interpreter(version=None, executable=None):
     """None when `version` (default: this interpreter's) may package, else why not."""
     version = tuple((version or sys.version_info)[:3])
@@ -54,10 +60,10 @@ def main(argv=None):
     # attaches the API Gateway authorizer when a token parameter is named.
     env['CARS_AUTH_SSM_PARAMETER'] = resources.auth_parameter_name(args.stage)
     env.setdefault('AWS_DEFAULT_REGION', 'us-east-1')
-    for name in ('CARS_STORE', 'CARS_AUTH_TOKENS', 'CARS_BUCKET'):
+    for name in CALLERS_ONLY:
         env.pop(name, None)
     os.environ.update(env)
-    for name in ('CARS_STORE', 'CARS_AUTH_TOKENS', 'CARS_BUCKET'):
+    for name in CALLERS_ONLY:
         os.environ.pop(name, None)
 
     os.makedirs(args.out, exist_ok=True)

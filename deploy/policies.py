@@ -1,15 +1,7 @@
-"""Each function's IAM policy, per stage: the one place the roles are written.
+"""Each function's IAM policy, per stage; deploy/resources.py puts each on its function's role.
 
-Chalice makes one role per function (ApiHandlerRole, TokenAuthorizerRole, ...)
-but gives each the same policy file. deploy/resources.py replaces every role's
-`Policies` with the document built here (the merge template replaces lists
-whole), so the authorizer cannot write the table and the API cannot read the
-token parameter.
-
-deploy/check_policy.py compares these documents with the AWS calls the test
-suite recorded per function, both ways: every call is allowed, and nothing is
-allowed that no recorded call (or the platform on the function's behalf)
-needs. Keep a statement here only with the code that calls it.
+deploy/check_policy.py holds them to the AWS calls the test suite recorded,
+both ways: keep a statement here only with the code that calls it.
 
     python deploy/policies.py --stage prod    # prints {function: policy}
 """
@@ -17,34 +9,10 @@ import argparse
 import json
 import sys
 
-API_HANDLER = 'APIHandler'
-TOKEN_AUTHORIZER = 'TokenAuthorizer'
-INGEST_QUEUE = 'IngestQueue'
-IMPORT_UPLOAD = 'ImportUpload'
-PUBLISH_CHANGES = 'PublishChanges'
-SCHEDULED_EXPORT = 'ScheduledExport'
-
-# Function logical id -> the role Chalice makes for it (its resource name,
-# `<handler>_role`, in CamelCase; the API function's handler is `api_handler`).
-ROLES = {
-    API_HANDLER: 'ApiHandlerRole',
-    TOKEN_AUTHORIZER: 'TokenAuthorizerRole',
-    INGEST_QUEUE: 'IngestQueueRole',
-    IMPORT_UPLOAD: 'ImportUploadRole',
-    PUBLISH_CHANGES: 'PublishChangesRole',
-    SCHEDULED_EXPORT: 'ScheduledExportRole',
-}
-FUNCTIONS = sorted(ROLES)
-
-# The stack's resources the policies name (logical ids from deploy/resources.py,
-# repeated here so this module imports nothing; tests/test_policy.py checks
-# every name is one of the stack's own).
-TABLE = 'CarsTable'
-QUEUE = 'CarsIngestQueue'
-BUCKET = 'CarsBucket'
-TOPIC = 'CarsChangesTopic'
-CHANGES_DEAD_LETTERS = 'CarsChangesDeadLetterQueue'
-EVENTS_DEAD_LETTERS = 'CarsEventsDeadLetterQueue'
+# deploy/ is not a package: its modules import each other from its folder.
+from ids import (API_HANDLER, BUCKET, CHANGES_DEAD_LETTERS, EVENTS_DEAD_LETTERS,
+                 FUNCTIONS, IMPORT_UPLOAD, INGEST_QUEUE, PUBLISH_CHANGES, QUEUE, ROLES,
+                 SCHEDULED_EXPORT, TABLE, TOKEN_AUTHORIZER, TOPIC)
 
 ACCOUNT = 'arn:${AWS::Partition}:%s:${AWS::Region}:${AWS::AccountId}:%s'
 

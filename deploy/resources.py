@@ -1,18 +1,9 @@
-"""The merge template for `chalice package`: every AWS resource the app needs
-besides its functions and REST API, per stage.
+"""The merge template for `chalice package`: what a stage needs besides Chalice's functions and API.
 
-Chalice writes the functions, their roles, event sources and the REST API;
-this module adds the table, queues and dead-letter queues, bucket, topic, log
-groups and gateway responses, points Chalice's placeholders (queue name, stream
-ARN, bucket name in the EventBridge pattern) at them, gives every event source
-somewhere for failures to go, and gives each role its own policy
-(deploy/policies.py). `chalice package --merge-template` deep-merges this over
-its own template by logical id (lists are replaced whole). `build()` returns the
-whole merge template; add to it there.
-
-The table's properties come from chalicelib/store/table.json, the file `cli init`
-and the tests create the table from, so the deployed table cannot drift from
-the one the code is tested against.
+`build(stage)` adds the table (from chalicelib/store/table.json), queues, bucket,
+topic, log groups and gateway responses, points Chalice's placeholders at them,
+sends what keeps failing to dead-letter queues, gives each role its own policy
+(deploy/policies.py) and adds monitoring (deploy/monitoring.py).
 
     python deploy/resources.py --stage prod > resources.json
 """
@@ -27,6 +18,10 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), ROOT]
 
 import monitoring  # noqa: E402 - deploy/ is not a package; log settings, alarms, dashboard
 import policies  # noqa: E402
+from ids import (API_HANDLER, BUCKET, CHANGES_DEAD_LETTERS, EVENTS_DEAD_LETTERS,  # noqa: E402
+                 EXPORT_EVENT, EXPORT_RULE, FUNCTIONS, IMPORT_EVENT, IMPORT_RULE, IMPORT_UPLOAD,
+                 INGEST_EVENT, INGEST_QUEUE, PUBLISH_CHANGES, PUBLISH_EVENT, QUEUE, REST_API,
+                 SCHEDULED_EXPORT, TABLE, TOPIC)
 from chalicelib.store import table  # noqa: E402
 
 # Settings that differ between stages. Throttling: requests per second
@@ -43,36 +38,8 @@ STAGES = {
              'report_days': 365, 'export_days': 90},
 }
 
-# Logical ids Chalice gives the functions of app.py (to_cfn_resource_name of
-# the handler's name) and their event sources.
-API_HANDLER = 'APIHandler'
-REST_API = 'RestAPI'
-INGEST_FUNCTION = 'IngestQueue'
-INGEST_EVENT = 'IngestQueueSqsEventSource'
-IMPORT_FUNCTION = 'ImportUpload'
-IMPORT_EVENT = 'ImportUploadEvent'
-PUBLISH_FUNCTION = 'PublishChanges'
-PUBLISH_EVENT = 'PublishChangesDynamodbEventSource'
-EXPORT_FUNCTION = 'ScheduledExport'
-EXPORT_EVENT = 'ScheduledExportEvent'
-# The EventBridge rules the SAM transform makes of the two rule event sources
-# (function id + event id); the events dead-letter queue admits only these.
-IMPORT_RULE = IMPORT_FUNCTION + IMPORT_EVENT
-EXPORT_RULE = EXPORT_FUNCTION + EXPORT_EVENT
-FUNCTIONS = policies.FUNCTIONS
-
-# Our own resources (named so they cannot collide with Chalice's ids above).
-TABLE = 'CarsTable'
-QUEUE = 'CarsIngestQueue'
+# Our own resources that only this module names (the shared ids are in deploy/ids.py).
 DEAD_LETTERS = 'CarsIngestDeadLetterQueue'
-# Import/export events EventBridge could not deliver, or that failed every
-# asynchronous try of their function.
-EVENTS_DEAD_LETTERS = policies.EVENTS_DEAD_LETTERS
-# Stream batches PublishChanges failed on every retry (Lambda sends where in
-# the stream they were, not the records: they stay readable for 24 hours).
-CHANGES_DEAD_LETTERS = policies.CHANGES_DEAD_LETTERS
-BUCKET = 'CarsBucket'
-TOPIC = 'CarsChangesTopic'
 ACCESS_LOGS = 'ApiAccessLogs'
 
 ACCOUNT_ROLE_CONDITION = 'CreateApiGatewayAccountRole'
@@ -120,47 +87,46 @@ def _arn(name):
 
 # API Gateway answers some requests before any function runs: an unknown path
 # (MISSING_AUTHENTICATION_TOKEN, a 403 by default), a refused token, throttling.
-# These templates give them the contract's problem shape. Only $context values
-# that API Gateway escapes for JSON ($context.error.messageString is quoted and
+# These templates give them the contract's problem shape, with the titles and
+# `type` links of chalicelib/http/problems.py. Only $context values that API
+# Gateway escapes for JSON ($context.error.messageString is quoted and
 # escaped) are interpolated, so no request text can break the JSON.
 GATEWAY_PROBLEMS = {
-    # type: (status, slug or None, title, detail or None for API Gateway's message)
-    'MISSING_AUTHENTICATION_TOKEN': (404, 'not-found', 'Not Found',
-                                     'no resource at this path'),
-    'RESOURCE_NOT_FOUND': (404, 'not-found', 'Not Found', 'no resource at this path'),
-    'UNAUTHORIZED': (401, 'unauthorized', 'Unauthorized',
-                     'send Authorization: Bearer <token> to write'),
-    'ACCESS_DENIED': (403, 'forbidden', 'Forbidden', 'this token may not write'),
-    'AUTHORIZER_FAILURE': (503, 'auth-unavailable', 'Service Unavailable',
+    # type: (status, slug or None, detail or None for API Gateway's message)
+    'MISSING_AUTHENTICATION_TOKEN': (404, 'not-found', 'no resource at this path'),
+    'RESOURCE_NOT_FOUND': (404, 'not-found', 'no resource at this path'),
+    'UNAUTHORIZED': (401, 'unauthorized', 'send Authorization: Bearer <token> to write'),
+    'ACCESS_DENIED': (403, 'forbidden', 'this token may not write'),
+    'AUTHORIZER_FAILURE': (503, 'auth-unavailable',
                            'write protection is unavailable; retry shortly'),
-    'AUTHORIZER_CONFIGURATION_ERROR': (503, 'auth-unavailable', 'Service Unavailable',
+    'AUTHORIZER_CONFIGURATION_ERROR': (503, 'auth-unavailable',
                                        'write protection is unavailable; retry shortly'),
-    'THROTTLED': (429, None, 'Too Many Requests', 'too many requests; retry shortly'),
-    'QUOTA_EXCEEDED': (429, None, 'Too Many Requests', 'request quota exceeded'),
-    'REQUEST_TOO_LARGE': (413, None, 'Content Too Large', 'the request is too large'),
-    'UNSUPPORTED_MEDIA_TYPE': (415, 'unsupported-media-type', 'Unsupported Media Type',
+    'THROTTLED': (429, None, 'too many requests; retry shortly'),
+    'QUOTA_EXCEEDED': (429, None, 'request quota exceeded'),
+    'REQUEST_TOO_LARGE': (413, None, 'the request is too large'),
+    'UNSUPPORTED_MEDIA_TYPE': (415, 'unsupported-media-type',
                                'send application/json or application/x-www-form-urlencoded'),
-    'BAD_REQUEST_BODY': (400, None, 'Bad Request', None),
-    'BAD_REQUEST_PARAMETERS': (400, None, 'Bad Request', None),
-    'INVALID_API_KEY': (403, 'forbidden', 'Forbidden', None),
-    'INVALID_SIGNATURE': (403, 'forbidden', 'Forbidden', None),
-    'EXPIRED_TOKEN': (403, 'forbidden', 'Forbidden', None),
-    'WAF_FILTERED': (403, 'forbidden', 'Forbidden', None),
-    'INTEGRATION_TIMEOUT': (504, None, 'Gateway Timeout', 'the request took too long'),
-    'INTEGRATION_FAILURE': (502, None, 'Bad Gateway', 'an internal error occurred'),
-    'API_CONFIGURATION_ERROR': (500, None, 'Internal Server Error',
-                                'an internal error occurred'),
-    'DEFAULT_4XX': (400, None, 'Bad Request', None),
-    'DEFAULT_5XX': (500, None, 'Internal Server Error', 'an internal error occurred'),
+    'BAD_REQUEST_BODY': (400, None, None),
+    'BAD_REQUEST_PARAMETERS': (400, None, None),
+    'INVALID_API_KEY': (403, 'forbidden', None),
+    'INVALID_SIGNATURE': (403, 'forbidden', None),
+    'EXPIRED_TOKEN': (403, 'forbidden', None),
+    'WAF_FILTERED': (403, 'forbidden', None),
+    'INTEGRATION_TIMEOUT': (504, None, 'the request took too long'),
+    'INTEGRATION_FAILURE': (502, None, 'an internal error occurred'),
+    'API_CONFIGURATION_ERROR': (500, None, 'an internal error occurred'),
+    'DEFAULT_4XX': (400, None, None),
+    'DEFAULT_5XX': (500, None, 'an internal error occurred'),
 }
 
 
-def problem_template(status, slug, title, detail):
-    body = ('{"type": %s, "title": %s, "status": %d, "detail": %s}' % (
-        json.dumps('/api/v1/docs#problem-%s' % slug if slug else 'about:blank'),
-        json.dumps(title), status,
-        json.dumps(detail) if detail else '$context.error.messageString'))
-    return body
+def problem_template(status, slug, detail):
+    # Imported here: problems.py imports chalice, and deploy/package.py imports
+    # this module before it checks which Python runs it.
+    from chalicelib.http.problems import REASONS, type_uri
+    return '{"type": %s, "title": %s, "status": %d, "detail": %s}' % (
+        json.dumps(type_uri(slug)), json.dumps(REASONS[status]), status,
+        json.dumps(detail) if detail else '$context.error.messageString')
 
 
 # The 401 names the scheme, as the app's own 401 does (chalicelib/http/auth.py).
@@ -200,10 +166,11 @@ def cors_conditions():
 
 
 def gateway_responses():
+    from chalicelib.http.problems import PROBLEM
     expose = _cors_expose_headers()
     out = {}
-    for kind, (status, slug, title, detail) in GATEWAY_PROBLEMS.items():
-        headers = {'gatewayresponse.header.Content-Type': _header('application/problem+json')}
+    for kind, (status, slug, detail) in GATEWAY_PROBLEMS.items():
+        headers = {'gatewayresponse.header.Content-Type': _header(PROBLEM)}
         if status == 401:
             headers['gatewayresponse.header.WWW-Authenticate'] = _header(CHALLENGE)
         with_cors = dict(headers, **{
@@ -215,7 +182,7 @@ def gateway_responses():
             'statusCode': str(status),
             'responseParameters': {'Fn::If': [CORS_ONE_ORIGIN, with_cors, headers]},
             'responseTemplates': {
-                'application/json': problem_template(status, slug, title, detail),
+                'application/json': problem_template(status, slug, detail),
             },
         }
     return out
@@ -374,7 +341,7 @@ def event_sources():
                    'RetryPolicy': RULE_RETRY_POLICY}
     failed = {'Type': 'SQS', 'TargetArn': _arn(EVENTS_DEAD_LETTERS)}
     out = {}
-    out.update(_events(INGEST_FUNCTION, INGEST_EVENT, {
+    out.update(_events(INGEST_QUEUE, INGEST_EVENT, {
         # Chalice writes the queue as a Fn::Sub; the merge is a deep merge
         # of dicts, so only the same intrinsic key replaces it.
         'Queue': _sub('${%s.Arn}' % QUEUE),
@@ -382,10 +349,10 @@ def event_sources():
         # returns batchItemFailures); Chalice does not set this itself.
         'FunctionResponseTypes': ['ReportBatchItemFailures'],
     }))
-    out.update(_events(IMPORT_FUNCTION, IMPORT_EVENT, dict(undelivered, Pattern={
+    out.update(_events(IMPORT_UPLOAD, IMPORT_EVENT, dict(undelivered, Pattern={
         'detail': {'bucket': {'name': [{'Ref': BUCKET}]}}}), DeadLetterQueue=failed))
-    out.update(_events(EXPORT_FUNCTION, EXPORT_EVENT, undelivered, DeadLetterQueue=failed))
-    out.update(_events(PUBLISH_FUNCTION, PUBLISH_EVENT, dict(
+    out.update(_events(SCHEDULED_EXPORT, EXPORT_EVENT, undelivered, DeadLetterQueue=failed))
+    out.update(_events(PUBLISH_CHANGES, PUBLISH_EVENT, dict(
         STREAM_FAILURES, Stream={'Fn::GetAtt': [TABLE, 'StreamArn']},
         DestinationConfig={'OnFailure': {'Destination': _arn(CHANGES_DEAD_LETTERS)}})))
     return out

@@ -4,15 +4,8 @@
     SMOKE_TOKEN=... python deploy/smoke.py URL      (or --token T)
     make smoke URL=... [TOKEN=...]
 
-Steps, in order: health; (with a token) a write without one is refused with
-401; create; read; a conditional update (If-Match with the read's ETag);
-list (filtered to the new car); delete; a read of the deleted car is 404.
-Each step is printed; the first failure ends the run with exit status 1, and
-the car is deleted whatever happened, so no run leaves one behind.
-
-Give --token (TOKEN) where writes are protected (every deployed stage): the
-401 step runs only then, since an API without protection has nothing to
-refuse. Standard library only, so it runs anywhere Python does.
+Each step is printed, the first failure ends the run (exit status 1), and the car is
+deleted whatever happened. Standard library only, so it runs anywhere Python does.
 """
 import argparse
 import json

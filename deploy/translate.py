@@ -2,11 +2,8 @@
 
     python deploy/translate.py out/prod/sam.json out/prod/cfn.json
 
-`chalice package` writes a SAM template (Transform: AWS::Serverless-2016-10-31);
-CloudFormation expands it into plain resources when the stack is created or
-updated. aws-sam-translator is the library that expansion runs on, so its
-output is what the stack will really contain: the template tests and the
-deployment rehearsal look at that, not at the SAM input.
+It runs aws-sam-translator, the library CloudFormation itself expands `chalice
+package`'s SAM template with, so its output is what the stack will contain.
 """
 import argparse
 import json

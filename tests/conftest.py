@@ -4,6 +4,7 @@ Keep this file to fixtures and hooks that several test modules use; put
 one module's helpers in that module.
 """
 import os
+import sys
 
 import pytest
 
@@ -19,12 +20,6 @@ for _name, _value in (
     ('AWS_DEFAULT_REGION', 'us-east-1'),
 ):
     os.environ.setdefault(_name, _value)
-
-
-# Tests change settings between requests; the app must read them afresh.
-from chalicelib import config as _config  # noqa: E402
-
-_config.REMEMBER = False
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -77,16 +72,14 @@ from stores import (api, dynamodb_table, dynamodb_table_with_stream, sqlite_path
 # Local fixtures) and from operator tools that do not run in Lambda
 # (chalicelib/store/table.py, chalicelib/cli.py) are left out.
 
-# app.py's handlers and the logical ids of the functions Chalice makes of them;
-# every other function in app.py is an API view, served by APIHandler.
-HANDLER_FUNCTIONS = {
-    'token_authorizer': 'TokenAuthorizer',
-    'ingest_queue': 'IngestQueue',
-    'import_upload': 'ImportUpload',
-    'publish_changes': 'PublishChanges',
-    'scheduled_export': 'ScheduledExport',
-}
-API_FUNCTION = 'APIHandler'
+# app.py's handlers and the logical ids of the functions Chalice makes of them
+# (deploy/ids.py, which is not in a package).
+_DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'deploy')
+sys.path.insert(0, _DEPLOY)
+try:
+    from ids import API_HANDLER as API_FUNCTION, HANDLERS as HANDLER_FUNCTIONS  # noqa: E402
+finally:
+    sys.path.remove(_DEPLOY)
 
 
 def _record_aws_calls(path):

@@ -1,11 +1,11 @@
 """Runs inside the sandbox: import one function's Handler and call it, as Lambda does.
 
-Started by tests/test_lambda_sandbox.py as `python -I lambda_sandbox_child.py REQUEST RESULT`
-from a venv holding only the runtime's SDK, with the unpacked deployment package as the
-working directory and LAMBDA_TASK_ROOT (Lambda's /var/task). Isolated mode (-I) keeps
-PYTHONPATH, the user site and this script's directory off sys.path, so only the package and
-what the runtime ships can be imported. REQUEST names the handler and the events; RESULT
-receives what each call returned or raised (stdout stays free for the app's logs).
+    python -I lambda_sandbox_child.py REQUEST RESULT     (started by test_lambda_sandbox.py)
+
+Isolated mode keeps PYTHONPATH, the user site and this folder off sys.path: only the
+package (the working directory, LAMBDA_TASK_ROOT) and the runtime's SDK can be imported.
+REQUEST names the handler and the events; RESULT, not stdout (the app's logs), receives
+what each call returned or raised.
 """
 import importlib
 import json

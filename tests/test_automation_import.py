@@ -8,7 +8,7 @@ from chalice.test import Client
 from moto import mock_aws
 
 from app import app
-from chalicelib import automation
+from chalicelib.automation import bulk_import, export
 from chalicelib.domain import cars
 
 BUCKET = 'cars-test-bucket'
@@ -52,12 +52,12 @@ def drop(s3, key, body):
     s3.put_object(Bucket=BUCKET, Key=key, Body=body.encode('utf-8') if isinstance(body, str)
                   else body)
     invoke_import(object_created(key))
-    return json.loads(s3.get_object(Bucket=BUCKET, Key=automation.report_key(key))
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=bulk_import.report_key(key))
                       ['Body'].read())
 
 
 def all_cars(store):
-    return list(automation.all_cars(store))
+    return list(export.all_cars(store))
 
 
 def csv_of(rows, header=('id', 'make', 'model', 'year', 'trans', 'color')):
@@ -69,7 +69,7 @@ def csv_of(rows, header=('id', 'make', 'model', 'year', 'trans', 'color')):
 
 
 def test_the_event_pattern_matches_object_created_under_imports():
-    pattern = automation.IMPORT_EVENT_PATTERN
+    pattern = bulk_import.IMPORT_EVENT_PATTERN
     assert pattern['source'] == ['aws.s3']
     assert pattern['detail-type'] == ['Object Created']
     assert pattern['detail']['object']['key'] == [{'prefix': 'imports/'}]
@@ -121,7 +121,7 @@ def test_a_csv_with_an_unknown_column_is_rejected_whole(store, s3):
 
 
 def test_objects_outside_imports_are_ignored(store, s3):
-    assert automation.import_object_created(
+    assert bulk_import.import_object_created(
         object_created('reports/x.csv')['detail'], s3=s3, store=store) is None
 
 
@@ -172,25 +172,25 @@ def test_an_import_interrupted_half_way_and_run_again_loses_and_doubles_nothing(
 
     monkeypatch.setattr(kind, 'put_many', dying_put_many)
     with pytest.raises(Interrupted):
-        automation.import_object_created(event, s3=s3, store=store)
+        bulk_import.import_object_created(event, s3=s3, store=store)
     assert 0 < store.count() < 1260
 
     # Let the id-less rows start, then die again half way through them.
     monkeypatch.setattr(kind, 'put_many', real_put_many)
 
-    def dying_create(self, fields, car_id=None, also=None):
+    def dying_create(self, fields, car_id=None, key_outcome=None):
         calls['create'] += 1
         if calls['create'] == 31:
             raise Interrupted()
-        return real_create(self, fields, car_id, also=also)
+        return real_create(self, fields, car_id, key_outcome=key_outcome)
 
     monkeypatch.setattr(kind, 'create', dying_create)
     with pytest.raises(Interrupted):
-        automation.import_object_created(event, s3=s3, store=store)
+        bulk_import.import_object_created(event, s3=s3, store=store)
     assert store.count() == 1200 + 30
 
     monkeypatch.setattr(kind, 'create', real_create)
-    report = automation.import_object_created(event, s3=s3, store=store)
+    report = bulk_import.import_object_created(event, s3=s3, store=store)
     assert report['errors'] == []
     assert (report['created'], report['already_created']) == (30, 30)
     stored = all_cars(store)
@@ -321,7 +321,7 @@ def test_a_throttled_import_reports_the_rows_not_written(dynamodb_table, monkeyp
 def test_an_import_that_runs_out_of_lambda_time_writes_its_report(store, s3):
     s3.put_object(Bucket=BUCKET, Key='imports/late.csv',
                   Body=b'id,make,model,year\n4321,Ford,Ka,2001\n')
-    report = automation.import_object_created(
+    report = bulk_import.import_object_created(
         object_created('imports/late.csv')['detail'], s3=s3, store=store, remaining_ms=0)
     assert (report['status'], report['written'], report['not_written']) == ('incomplete', 0, 1)
     assert 'ran out of time' in report['errors'][0]['message']

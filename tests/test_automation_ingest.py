@@ -91,11 +91,11 @@ def test_a_transient_store_failure_is_reported_and_the_retry_writes_once(store, 
     real_create = type(store).create
     calls = {'n': 0}
 
-    def flaky_create(self, fields, car_id=None, also=None):
+    def flaky_create(self, fields, car_id=None, key_outcome=None):
         calls['n'] += 1
         if calls['n'] == 1:
             raise sqlite3.OperationalError('database is locked')
-        return real_create(self, fields, car_id, also=also)
+        return real_create(self, fields, car_id, key_outcome=key_outcome)
 
     monkeypatch.setattr(type(store), 'create', flaky_create)
     message = sqs_record(COROLLA)

@@ -12,8 +12,8 @@ import json
 import pytest
 import requests
 
-from chalicelib import http
 from chalicelib.domain import cars
+from chalicelib.http import cursors
 from servers import LocalServer
 from stores import server_env
 
@@ -40,7 +40,7 @@ def checked_cursor(payload):
     The key is public, so anyone can make one: the API must still answer
     with a 400 for any payload that is not one it would issue.
     """
-    check = hmac.new(http._CURSOR_KEY, payload, hashlib.sha256).digest()[:12]
+    check = hmac.new(cursors._CURSOR_KEY, payload, hashlib.sha256).digest()[:12]
     return base64.urlsafe_b64encode(payload + check).decode().rstrip('=')
 
 
@@ -263,7 +263,7 @@ def test_a_hand_made_cursor_only_chooses_where_the_listing_starts(api, seeded):
     # lists from where it says, as the `next` of a real page would.
     for car_id in ('1111', '3456', '5678'):
         seeded.create(dict(CAR, trans=None, color=None), car_id)
-    digest = http._filters_digest(cars.Filters())
+    digest = cursors._filters_digest(cars.Filters())
     cursor = checked_cursor(json.dumps(['2345', digest], separators=(',', ':')).encode())
     r = api.http.get(CARS + '?cursor=' + cursor)
     assert r.status_code == 200

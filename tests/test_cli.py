@@ -7,7 +7,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from chalicelib import automation
+from chalicelib.automation.export import all_cars
 from chalicelib.domain import cars
 from chalicelib import store as store_module
 from chalicelib.cli import cli
@@ -62,7 +62,7 @@ def test_seed_export_and_import_round_trip(run, tmp_path):
     for car in exported:
         local_store().delete(car['id'])
     assert 'imported 50 car(s)' in run('import', str(tmp_path / 'cars.csv')).output
-    again = [cars.public(r) for r in automation.all_cars(local_store())]
+    again = [cars.public(r) for r in all_cars(local_store())]
     assert again == exported
 
 
@@ -105,14 +105,14 @@ def test_an_unreadable_file_is_refused_clearly(run, tmp_path):
 
 def test_copy_moves_a_local_inventory_to_dynamodb_and_back(run, dynamodb_table, monkeypatch):
     run('seed', '30', '--random-seed', '3')
-    local = [cars.public(r) for r in automation.all_cars(local_store())]
+    local = [cars.public(r) for r in all_cars(local_store())]
     assert 'copied 30 car(s)' in run('copy', '--from', 'sqlite', '--to', 'dynamodb').output
     remote = store_module.get_store('dynamodb')
-    assert [cars.public(r) for r in automation.all_cars(remote)] == local
+    assert [cars.public(r) for r in all_cars(remote)] == local
     for car in local[:10]:
         local_store().delete(car['id'])
     run('copy', '--from', 'dynamodb', '--to', 'sqlite')
-    assert [cars.public(r) for r in automation.all_cars(local_store())] == local
+    assert [cars.public(r) for r in all_cars(local_store())] == local
 
 
 def test_events_prints_the_outbox_as_json_lines(run):

@@ -34,7 +34,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'deploy'))
 
-import translate  # noqa: E402 - deploy/ is not a package
+import ids  # noqa: E402 - deploy/ is not a package
+import translate  # noqa: E402
 
 moto_server = pytest.importorskip('moto.server')
 from moto.cloudformation import models as cfn_models  # noqa: E402
@@ -525,14 +526,13 @@ def test_the_stack_holds_the_table_queues_bucket_topic_and_functions(deploy, emu
             and r['ResourceType'] != 'AWS::Lambda::Permission'] == []
     functions = {r['LogicalResourceId']: r['PhysicalResourceId'] for r in resources
                  if r['ResourceType'] == 'AWS::Lambda::Function'}
-    assert {'APIHandler', 'IngestQueue', 'ImportUpload', 'PublishChanges',
-            'TokenAuthorizer'} <= set(functions)
+    assert set(ids.FUNCTIONS) <= set(functions)
     lam = emulator.client('lambda')
     for name in functions.values():
         config = lam.get_function_configuration(FunctionName=name)
         assert config['Runtime'] == 'python3.13'
         assert config['Environment']['Variables']['CARS_TABLE'] == outputs['CarsTableName']
-    policy = lam.get_policy(FunctionName=functions['APIHandler'])['Policy']
+    policy = lam.get_policy(FunctionName=functions[ids.API_HANDLER])['Policy']
     assert 'apigateway.amazonaws.com' in policy
 
 
@@ -540,7 +540,7 @@ def test_a_second_make_deploy_updates_the_stack(deploy, emulator):
     assert deploy.after_update['StackStatus'] == 'UPDATE_COMPLETE'
     params = {p['ParameterKey']: p['ParameterValue'] for p in deploy.after_update['Parameters']}
     assert params['CorsOrigins'] == 'https://app.example.com'
-    api = _outputs(deploy.after_update)['APIHandlerName']
+    api = _outputs(deploy.after_update)[ids.API_HANDLER + 'Name']
     config = emulator.client('lambda').get_function_configuration(FunctionName=api)
     assert config['Environment']['Variables']['CARS_CORS_ORIGINS'] == 'https://app.example.com'
 

@@ -1,19 +1,9 @@
-"""The deployment package in a Lambda-like sandbox, and what the package holds.
+"""The deployment package run as Lambda runs it, each function in a sandbox, and what it holds.
 
-`deploy/package.py --stage dev` builds sam.json and deployment.zip; deploy/translate.py
-turns sam.json into what CloudFormation will create. Each function's Handler, Runtime,
-Architectures, MemorySize, Timeout and environment are read from that translated template,
-never written here. The zip is unpacked into a temporary /var/task and every function is
-called in a separate Python process (tests/lambda_sandbox_child.py) started in isolated
-mode from a venv that holds only the SDK the managed runtime ships
-(tests/lambda-runtime-requirements.txt), so nothing from this repository or the dev venv
-can be imported. The events have the shapes AWS documents for each trigger. The stores are
-DynamoDB Local and moto's server (S3, SNS, SQS, SSM) on 127.0.0.1, reached through the
-service-specific endpoint variables boto3 honours (AWS_ENDPOINT_URL_<SERVICE>).
-
-This machine may not run the package's own compiled extensions (an arm64 package on an
-x86_64 host): those are checked by their wheel tags, and for running they are replaced by
-the same project version built for this machine. Everything else runs as packaged.
+Each function's settings come from the dev stage's translated template. It is called
+from the unpacked package by tests/lambda_sandbox_child.py, in a process that can import
+only the package and the SDK the managed runtime ships, with events shaped as AWS
+documents them, against DynamoDB Local and moto's server.
 """
 import base64
 import glob
@@ -142,6 +132,9 @@ def task_root(package, runtime_python, tmp_path_factory):
     with zipfile.ZipFile(zip_path) as z:
         z.extractall(task)
     _, arch = the_runtime(template)
+    # This machine may not run the package's compiled extensions (an arm64
+    # package on x86_64): they are checked by their wheel tags, and run as the
+    # same version built for this machine.
     if ARCH_PLATFORM[arch] != platform.machine():
         for dist in compiled(wheel_tags(zip_path)):
             _swap_for_host_build(task, dist, runtime_python, tmp_path_factory)

@@ -15,6 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'deploy'))
 
+import ids  # noqa: E402
 import monitoring  # noqa: E402
 
 STAGES = ('dev', 'prod')
@@ -44,7 +45,7 @@ def alarms_on(template, namespace, metric):
 def test_every_function_logs_json_at_the_stage_level(templates, stage):
     cfn = templates[stage][1]
     functions = of_type(cfn, 'AWS::Lambda::Function')
-    assert set(monitoring.FUNCTIONS) <= set(functions)
+    assert set(ids.FUNCTIONS) <= set(functions)
     for fn in functions.values():
         props = fn['Properties']
         assert props['LoggingConfig'] == {'LogFormat': 'JSON', 'SystemLogLevel': 'WARN',
@@ -97,14 +98,14 @@ def test_the_stream_consumer_and_the_table_are_watched(templates, stage):
     (consumer,) = [m['Properties']['FunctionName']['Ref']
                    for m in of_type(cfn, 'AWS::Lambda::EventSourceMapping').values()
                    if m['Properties']['EventSourceArn'] == {
-                       'Fn::GetAtt': ['CarsTable', 'StreamArn']}]
+                       'Fn::GetAtt': [ids.TABLE, 'StreamArn']}]
     ages = alarms_on(cfn, 'AWS/Lambda', 'IteratorAge')
     assert [d['FunctionName']['Ref'] for d in ages.values()] == [consumer]
     throttles = cfn['Resources']['TableThrottlesAlarm']['Properties']['Metrics']
     watched = {(q['MetricStat']['Metric']['MetricName'],
                 q['MetricStat']['Metric']['Dimensions'][0]['Value']['Ref'])
                for q in throttles if 'MetricStat' in q}
-    assert watched == {('ReadThrottleEvents', 'CarsTable'), ('WriteThrottleEvents', 'CarsTable')}
+    assert watched == {('ReadThrottleEvents', ids.TABLE), ('WriteThrottleEvents', ids.TABLE)}
 
 
 @pytest.mark.parametrize('stage', STAGES)

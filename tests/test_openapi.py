@@ -148,25 +148,15 @@ def test_a_stage_that_protects_reads_says_so_for_the_car_reads_only():
     assert 'Every request to `/api/v1/cars...`' in doc['info']['description']
 
 
-def test_the_document_follows_a_settings_reload_when_settings_are_remembered(monkeypatch):
-    # As in Lambda and the local servers: settings are read once, until reload().
-    from chalicelib import config
+def test_the_document_follows_the_settings_and_is_built_once_per_settings(monkeypatch):
     for name in AUTH_SETTINGS:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(config, 'REMEMBER', True)
-    config.reload()
-    try:
-        open_doc = openapi.document()
-        assert 'security' not in open_doc['paths']['/api/v1/cars']['post']
-        monkeypatch.setenv('CARS_AUTH_TOKENS', 'a')
-        assert openapi.document() is open_doc  # remembered: no reload, no change
-        config.reload()
-        assert openapi.document()['paths']['/api/v1/cars']['post']['security'] == [
-            {'bearer': []}]
-        assert '"security"' in openapi.document_json()
-    finally:
-        monkeypatch.setattr(config, 'REMEMBER', False)
-        config.reload()
+    open_doc = openapi.document()
+    assert 'security' not in open_doc['paths']['/api/v1/cars']['post']
+    assert openapi.document() is open_doc
+    monkeypatch.setenv('CARS_AUTH_TOKENS', 'a')
+    assert openapi.document()['paths']['/api/v1/cars']['post']['security'] == [{'bearer': []}]
+    assert '"security"' in openapi.document_json()
 
 
 def test_write_headers_are_documented(served):

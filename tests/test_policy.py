@@ -1,9 +1,6 @@
 """Each function's IAM policy (deploy/policies.py) is its own, and least privilege.
 
-That every role allows exactly what its function calls is checked by
-`make test`: the suite records the calls per function (tests/conftest.py) and
-deploy/check_policy.py compares, both ways. tests/test_translated_template.py
-checks the deployed roles carry these documents.
+`make test` also holds each role to the calls its function made (deploy/check_policy.py).
 """
 import json
 import os
@@ -16,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'deploy'))
 
 import check_policy  # noqa: E402
+import ids  # noqa: E402
 import policies  # noqa: E402
 import resources  # noqa: E402
 
@@ -36,7 +34,7 @@ def actions(stage, function):
 
 
 def every_statement(stage):
-    for function in policies.FUNCTIONS:
+    for function in ids.FUNCTIONS:
         for statement in statements(stage, function):
             yield function, statement
 
@@ -74,10 +72,10 @@ def test_every_resource_is_one_of_this_stacks_own(stage):
 @pytest.mark.parametrize('stage', STAGES)
 def test_only_the_authorizer_reads_the_stages_own_token_parameter(stage):
     name = resources.auth_parameter_name(stage)
-    for function in policies.FUNCTIONS:
+    for function in ids.FUNCTIONS:
         ssm = [s for s in statements(stage, function)
                if 'ssm:GetParameter' in _as_list(s['Action'])]
-        if function != policies.TOKEN_AUTHORIZER:
+        if function != ids.TOKEN_AUTHORIZER:
             assert ssm == [], function
             continue
         assert len(ssm) == 1
@@ -90,32 +88,31 @@ def test_only_the_authorizer_reads_the_stages_own_token_parameter(stage):
 @pytest.mark.parametrize('stage', STAGES)
 def test_the_authorizer_cannot_touch_the_table_and_the_api_cannot_publish(stage):
     assert not any(a.startswith(('dynamodb:', 's3:', 'sns:', 'sqs:'))
-                   for a in actions(stage, policies.TOKEN_AUTHORIZER))
+                   for a in actions(stage, ids.TOKEN_AUTHORIZER))
     assert not any(a.startswith(('ssm:', 'kms:', 'sns:', 's3:', 'sqs:'))
-                   for a in actions(stage, policies.API_HANDLER))
-    assert 'dynamodb:BatchWriteItem' not in actions(stage, policies.API_HANDLER)
-    assert actions(stage, policies.SCHEDULED_EXPORT) & {
+                   for a in actions(stage, ids.API_HANDLER))
+    assert 'dynamodb:BatchWriteItem' not in actions(stage, ids.API_HANDLER)
+    assert actions(stage, ids.SCHEDULED_EXPORT) & {
         'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem'} == set()
 
 
 @pytest.mark.parametrize('stage', STAGES)
 def test_no_role_creates_log_groups_and_every_role_traces(stage):
-    for function in policies.FUNCTIONS:
+    for function in ids.FUNCTIONS:
         granted = actions(stage, function)
         assert 'logs:CreateLogGroup' not in granted, function
         assert TRACING <= granted, function
 
 
 def test_stages_allow_the_same_actions():
-    for function in policies.FUNCTIONS:
+    for function in ids.FUNCTIONS:
         assert actions('dev', function) == actions('prod', function), function
 
 
 def test_every_function_has_a_role_chalice_makes():
-    assert set(policies.FUNCTIONS) == {'APIHandler', 'TokenAuthorizer', 'IngestQueue',
-                                       'ImportUpload', 'PublishChanges', 'ScheduledExport'}
+    assert set(policies.build('prod')) == set(ids.FUNCTIONS) == set(ids.ROLES)
     overrides = policies.role_overrides('prod')
-    assert set(overrides) == set(policies.ROLES.values())
+    assert set(overrides) == set(ids.ROLES.values())
 
 
 # --- deploy/check_policy.py ---------------------------------------------------------
@@ -129,60 +126,61 @@ def document(function, stage='prod'):
 
 
 def test_check_reports_an_action_the_policy_lacks():
-    calls = [call('APIHandler', 'dynamodb', 'Scan')]
-    assert check_policy.problems(calls, document('APIHandler')) == [
+    calls = [call(ids.API_HANDLER, 'dynamodb', 'Scan')]
+    assert check_policy.problems(calls, document(ids.API_HANDLER)) == [
         'dynamodb:Scan (for dynamodb.Scan)']
 
 
 def test_check_maps_operations_to_their_iam_action_and_the_kms_they_need():
-    calls = [call('PublishChanges', 'sns', 'PublishBatch')]
-    assert check_policy.problems(calls, document('PublishChanges')) == []
+    calls = [call(ids.PUBLISH_CHANGES, 'sns', 'PublishBatch')]
+    assert check_policy.problems(calls, document(ids.PUBLISH_CHANGES)) == []
     assert check_policy.iam_actions(calls[0]) == [
         'sns:Publish', 'kms:Decrypt', 'kms:GenerateDataKey']
-    head = call('ImportUpload', 's3', 'HeadObject', key='imports/cars.csv')
-    assert check_policy.problems([head], document('ImportUpload')) == []
+    head = call(ids.IMPORT_UPLOAD, 's3', 'HeadObject', key='imports/cars.csv')
+    assert check_policy.problems([head], document(ids.IMPORT_UPLOAD)) == []
 
 
 def test_check_reports_an_object_key_outside_the_allowed_prefixes():
-    calls = [call('ImportUpload', 's3', 'PutObject', key='imports/overwrite.csv')]
-    assert check_policy.problems(calls, document('ImportUpload')) == [
+    calls = [call(ids.IMPORT_UPLOAD, 's3', 'PutObject', key='imports/overwrite.csv')]
+    assert check_policy.problems(calls, document(ids.IMPORT_UPLOAD)) == [
         "s3:PutObject on key 'imports/overwrite.csv'"]
 
 
 def test_check_takes_transactions_item_by_item():
-    calls = [call('APIHandler', 'dynamodb', 'TransactWriteItems',
+    calls = [call(ids.API_HANDLER, 'dynamodb', 'TransactWriteItems',
                   actions=['dynamodb:ConditionCheckItem', 'dynamodb:PutItem'])]
-    assert check_policy.problems(calls, document('APIHandler')) == [
+    assert check_policy.problems(calls, document(ids.API_HANDLER)) == [
         'dynamodb:ConditionCheckItem (for dynamodb.TransactWriteItems)']
 
 
 def test_check_reports_what_a_role_allows_beyond_its_calls():
     # ScheduledExport only queries and writes exports; its platform needs
     # (logs, tracing, its dead-letter queue) count as needed.
-    calls = [call('ScheduledExport', 'dynamodb', 'Query')]
-    assert check_policy.extras(calls, document('ScheduledExport'),
-                               check_policy.platform_actions('ScheduledExport')) == [
-        's3:PutObject']
-    calls.append(call('ScheduledExport', 's3', 'PutObject', key='exports/2024-01-01/cars.csv'))
-    assert check_policy.extras(calls, document('ScheduledExport'),
-                               check_policy.platform_actions('ScheduledExport')) == []
+    export = ids.SCHEDULED_EXPORT
+    calls = [call(export, 'dynamodb', 'Query')]
+    assert check_policy.extras(calls, document(export),
+                               check_policy.platform_actions(export)) == ['s3:PutObject']
+    calls.append(call(export, 's3', 'PutObject', key='exports/2024-01-01/cars.csv'))
+    assert check_policy.extras(calls, document(export),
+                               check_policy.platform_actions(export)) == []
 
 
 def test_check_reports_an_unused_object_prefix():
     both = {'Statement': [{'Effect': 'Allow', 'Action': 's3:PutObject', 'Resource': [
         {'Fn::Sub': '${CarsBucket.Arn}/reports/*'}, {'Fn::Sub': '${CarsBucket.Arn}/exports/*'}]}]}
-    calls = [call('ImportUpload', 's3', 'PutObject', key='reports/a.csv.json')]
+    calls = [call(ids.IMPORT_UPLOAD, 's3', 'PutObject', key='reports/a.csv.json')]
     assert check_policy.extras(calls, both) == ["s3:PutObject on 'exports/*'"]
 
 
 def test_check_holds_each_function_to_its_own_role():
     # The authorizer may read the tokens; the same call by the API is refused.
     read = {'service': 'ssm', 'operation': 'GetParameter'}
-    found = check_policy.check([dict(read, function='APIHandler')], 'prod')
-    assert 'prod APIHandler does not allow ssm:GetParameter (for ssm.GetParameter)' in found
-    assert 'prod APIHandler does not allow kms:Decrypt (for ssm.GetParameter)' in found
-    found = check_policy.check([dict(read, function='TokenAuthorizer')], 'prod')
-    assert not [f for f in found if f.startswith('prod TokenAuthorizer')]
+    found = check_policy.check([dict(read, function=ids.API_HANDLER)], 'prod')
+    assert 'prod %s does not allow ssm:GetParameter (for ssm.GetParameter)' % (
+        ids.API_HANDLER) in found
+    assert 'prod %s does not allow kms:Decrypt (for ssm.GetParameter)' % ids.API_HANDLER in found
+    found = check_policy.check([dict(read, function=ids.TOKEN_AUTHORIZER)], 'prod')
+    assert not [f for f in found if f.startswith('prod %s' % ids.TOKEN_AUTHORIZER)]
 
 
 def test_check_needs_some_role_for_calls_made_outside_a_handler():

@@ -13,6 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'deploy'))
 
+import ids  # noqa: E402
 import resources  # noqa: E402
 
 from chalicelib import store as store_module  # noqa: E402
@@ -23,7 +24,7 @@ from test_api_contract import *  # noqa: E402,F401,F403
 
 
 def template_table_properties(stage='prod'):
-    return resources.build(stage, paths=[])['Resources'][resources.TABLE]['Properties']
+    return resources.build(stage, paths=[])['Resources'][ids.TABLE]['Properties']
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def packaged(packaged_stages):
 
 def test_the_template_table_is_the_table_json_definition_plus_stage_protection():
     for stage, protected in (('dev', False), ('prod', True)):
-        built = resources.build(stage, paths=[])['Resources'][resources.TABLE]
+        built = resources.build(stage, paths=[])['Resources'][ids.TABLE]
         props = dict(built['Properties'])
         assert props.pop('DeletionProtectionEnabled') is protected
         props.pop('Tags')
@@ -76,30 +77,30 @@ def test_no_chalice_placeholder_survives_packaging(packaged):
 
 def test_event_sources_point_at_the_stacks_own_resources(packaged):
     res = packaged['prod']['Resources']
-    sqs = res[resources.INGEST_FUNCTION]['Properties']['Events'][resources.INGEST_EVENT]
-    assert sqs['Properties']['Queue'] == {'Fn::Sub': '${CarsIngestQueue.Arn}'}
+    sqs = res[ids.INGEST_QUEUE]['Properties']['Events'][ids.INGEST_EVENT]
+    assert sqs['Properties']['Queue'] == {'Fn::Sub': '${%s.Arn}' % ids.QUEUE}
     assert sqs['Properties']['FunctionResponseTypes'] == ['ReportBatchItemFailures']
-    stream = res[resources.PUBLISH_FUNCTION]['Properties']['Events'][resources.PUBLISH_EVENT]
-    assert stream['Properties']['Stream'] == {'Fn::GetAtt': ['CarsTable', 'StreamArn']}
-    rule = res[resources.IMPORT_FUNCTION]['Properties']['Events'][resources.IMPORT_EVENT]
+    stream = res[ids.PUBLISH_CHANGES]['Properties']['Events'][ids.PUBLISH_EVENT]
+    assert stream['Properties']['Stream'] == {'Fn::GetAtt': [ids.TABLE, 'StreamArn']}
+    rule = res[ids.IMPORT_UPLOAD]['Properties']['Events'][ids.IMPORT_EVENT]
     detail = rule['Properties']['Pattern']['detail']
-    assert detail['bucket']['name'] == [{'Ref': 'CarsBucket'}]
+    assert detail['bucket']['name'] == [{'Ref': ids.BUCKET}]
     assert detail['object']['key'] == [{'prefix': 'imports/'}]
 
 
 def test_ingest_queue_sends_what_keeps_failing_to_the_dead_letter_queue(packaged):
-    queue = packaged['prod']['Resources'][resources.QUEUE]['Properties']
+    queue = packaged['prod']['Resources'][ids.QUEUE]['Properties']
     assert queue['RedrivePolicy']['deadLetterTargetArn'] == {
         'Fn::GetAtt': [resources.DEAD_LETTERS, 'Arn']}
     assert queue['RedrivePolicy']['maxReceiveCount'] >= 2
     # Lambda refuses a mapping whose queue hides messages for less than the
     # function may run.
     assert queue['VisibilityTimeout'] >= packaged['prod']['Resources'][
-        resources.INGEST_FUNCTION]['Properties']['Timeout']
+        ids.INGEST_QUEUE]['Properties']['Timeout']
 
 
 def test_bucket_is_private_encrypted_and_sends_events_to_eventbridge(packaged):
-    bucket = packaged['prod']['Resources'][resources.BUCKET]['Properties']
+    bucket = packaged['prod']['Resources'][ids.BUCKET]['Properties']
     assert all(bucket['PublicAccessBlockConfiguration'].values())
     assert len(bucket['PublicAccessBlockConfiguration']) == 4
     assert bucket['BucketEncryption']['ServerSideEncryptionConfiguration']
@@ -110,9 +111,9 @@ def test_bucket_is_private_encrypted_and_sends_events_to_eventbridge(packaged):
 def test_every_function_gets_the_stack_resources_but_chalice_local_does_not(packaged):
     for stage, template in packaged.items():
         env = template['Globals']['Function']['Environment']['Variables']
-        assert env['CARS_TABLE'] == {'Ref': 'CarsTable'}
-        assert env['CARS_BUCKET'] == {'Ref': 'CarsBucket'}
-        assert env['CARS_EVENTS_TOPIC_ARN'] == {'Ref': 'CarsChangesTopic'}
+        assert env['CARS_TABLE'] == {'Ref': ids.TABLE}
+        assert env['CARS_BUCKET'] == {'Ref': ids.BUCKET}
+        assert env['CARS_EVENTS_TOPIC_ARN'] == {'Ref': ids.TOPIC}
         assert env['CARS_AUTH_SSM_PARAMETER'] == '/cars/%s/auth-tokens' % stage
         assert 'CARS_STORE' not in env
     with open(os.path.join(ROOT, '.chalice', 'config.json')) as f:
@@ -126,17 +127,17 @@ def test_every_function_gets_the_stack_resources_but_chalice_local_does_not(pack
 
 def test_writes_are_guarded_by_the_token_authorizer_when_deployed(packaged):
     for template in packaged.values():
-        body = template['Resources']['RestAPI']['Properties']['DefinitionBody']
+        body = template['Resources'][ids.REST_API]['Properties']['DefinitionBody']
         post = body['paths']['/api/v1/cars']['post']
         assert post.get('security'), 'POST /api/v1/cars has no authorizer'
-        assert 'TokenAuthorizer' in template['Resources']
+        assert ids.TOKEN_AUTHORIZER in template['Resources']
 
 
 @pytest.mark.parametrize('kind,status', [
     ('MISSING_AUTHENTICATION_TOKEN', 404), ('UNAUTHORIZED', 401), ('ACCESS_DENIED', 403),
     ('THROTTLED', 429), ('DEFAULT_4XX', 400), ('DEFAULT_5XX', 500)])
 def test_gateway_errors_answer_in_the_problem_format(packaged, kind, status):
-    body = packaged['prod']['Resources']['RestAPI']['Properties']['DefinitionBody']
+    body = packaged['prod']['Resources'][ids.REST_API]['Properties']['DefinitionBody']
     response = body['x-amazon-apigateway-gateway-responses'][kind]
     assert response['statusCode'] == str(status)
     # With or without CORS headers (a condition on the CorsOrigins parameter,
@@ -153,14 +154,15 @@ def test_gateway_errors_answer_in_the_problem_format(packaged, kind, status):
 
 
 def test_unknown_methods_on_known_paths_reach_the_app_for_a_405(packaged):
-    paths = packaged['prod']['Resources']['RestAPI']['Properties']['DefinitionBody']['paths']
+    paths = packaged['prod']['Resources'][ids.REST_API]['Properties']['DefinitionBody'][
+        'paths']
     for path, methods in paths.items():
         assert 'x-amazon-apigateway-any-method' in methods, path
 
 
 def test_stage_is_throttled_and_access_logged(packaged):
     for stage, template in packaged.items():
-        api = template['Resources']['RestAPI']['Properties']
+        api = template['Resources'][ids.REST_API]['Properties']
         settings = api['MethodSettings'][0]
         assert settings['ThrottlingRateLimit'] == resources.STAGES[stage]['rate_limit']
         assert settings['ThrottlingBurstLimit'] == resources.STAGES[stage]['burst_limit']

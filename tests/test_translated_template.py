@@ -1,10 +1,6 @@
-"""The stacks as CloudFormation builds them: each stage packaged as `make package`
-does, then the SAM transform applied offline (deploy/translate.py, the library
-CloudFormation runs), and the resulting plain resources checked.
-
-The SAM template alone can hide what the transform adds (a second API stage)
-or leaves out (what Chalice's event sources do with failures), so these tests
-look at the translated form.
+"""The stacks as CloudFormation builds them: each stage packaged, then the SAM transform
+applied offline (deploy/translate.py), which adds and leaves out what the SAM template
+alone does not show.
 """
 import json
 import os
@@ -18,12 +14,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'deploy'))
 
+import ids  # noqa: E402
 import package  # noqa: E402
 import policies  # noqa: E402
 import resources  # noqa: E402
 
 STAGES = sorted(resources.STAGES)
-FUNCTIONS = sorted(policies.FUNCTIONS)
+FUNCTIONS = sorted(ids.FUNCTIONS)
 
 
 @pytest.fixture(scope='module')
@@ -116,7 +113,7 @@ def test_only_the_api_stage_exists(stacks):
 ])
 def test_every_gateway_response_carries_the_stages_cors_headers(stacks, origins, expected):
     for stage, template in each_stage(stacks):
-        body = template['Resources']['RestAPI']['Properties']['Body']
+        body = template['Resources'][ids.REST_API]['Properties']['Body']
         answers = body['x-amazon-apigateway-gateway-responses']
         assert set(answers) == set(resources.GATEWAY_PROBLEMS)
         params = {'CorsOrigins': origins}
@@ -132,7 +129,7 @@ def test_every_gateway_response_carries_the_stages_cors_headers(stacks, origins,
 
 def test_the_gateways_401_names_the_bearer_scheme(stacks):
     for stage, template in each_stage(stacks):
-        answers = template['Resources']['RestAPI']['Properties']['Body'][
+        answers = template['Resources'][ids.REST_API]['Properties']['Body'][
             'x-amazon-apigateway-gateway-responses']
         for origins in ('', 'https://app.example.com'):
             for kind, answer in answers.items():
@@ -226,7 +223,7 @@ def test_each_function_has_its_own_role_allowing_what_policies_py_says(stacks):
         for name, function in functions(template).items():
             role = function['Properties']['Role']['Fn::GetAtt'][0]
             roles[name] = role
-            assert role == policies.ROLES[name]
+            assert role == ids.ROLES[name]
             documents = [p['PolicyDocument'] for p in res[role]['Properties']['Policies']]
             assert documents == [expected[name]], (stage, name)
             assert 'ManagedPolicyArns' not in res[role]['Properties']
@@ -294,7 +291,7 @@ def test_the_account_wide_logging_role_is_created_only_when_asked(stacks):
         assert _condition('CreateApiGatewayAccountRole', template,
                           {'CreateApiGatewayAccountRole': 'false'}) is False
         # The API still waits for the account setting when the stack makes it.
-        assert 'ApiGatewayAccountReady' in res['RestAPI']['DependsOn']
+        assert 'ApiGatewayAccountReady' in res[ids.REST_API]['DependsOn']
         metadata = res['ApiGatewayAccountReady']['Metadata']
         assert {'Ref': 'ApiGatewayAccount'} in metadata['AccountSetting']['Fn::If']
 

@@ -1,0 +1,61 @@
+"""Logical ids in the stage template that several deploy modules and the tests name.
+
+The functions, roles and event sources are Chalice's names for app.py's
+handlers; the rest are this stack's own resources (deploy/resources.py).
+"""
+
+# The functions Chalice makes of app.py: the API function (every route, under
+# Chalice's own name) and one per authorizer or event handler, named after the
+# handler (chalice.utils.to_cfn_resource_name: ingest_queue -> IngestQueue).
+API_HANDLER = 'APIHandler'
+TOKEN_AUTHORIZER = 'TokenAuthorizer'
+INGEST_QUEUE = 'IngestQueue'
+IMPORT_UPLOAD = 'ImportUpload'
+PUBLISH_CHANGES = 'PublishChanges'
+SCHEDULED_EXPORT = 'ScheduledExport'
+
+# app.py's handler name -> its function; every other function in app.py is an
+# API view, served by API_HANDLER.
+HANDLERS = {
+    'token_authorizer': TOKEN_AUTHORIZER,
+    'ingest_queue': INGEST_QUEUE,
+    'import_upload': IMPORT_UPLOAD,
+    'publish_changes': PUBLISH_CHANGES,
+    'scheduled_export': SCHEDULED_EXPORT,
+}
+
+# Function -> the role Chalice makes for it (`<handler>_role` in CamelCase; the
+# API function's handler is `api_handler`).
+ROLES = {
+    API_HANDLER: 'ApiHandlerRole',
+    TOKEN_AUTHORIZER: 'TokenAuthorizerRole',
+    INGEST_QUEUE: 'IngestQueueRole',
+    IMPORT_UPLOAD: 'ImportUploadRole',
+    PUBLISH_CHANGES: 'PublishChangesRole',
+    SCHEDULED_EXPORT: 'ScheduledExportRole',
+}
+FUNCTIONS = sorted(ROLES)
+
+# The event sources Chalice gives the event handlers' functions.
+INGEST_EVENT = 'IngestQueueSqsEventSource'
+IMPORT_EVENT = 'ImportUploadEvent'
+PUBLISH_EVENT = 'PublishChangesDynamodbEventSource'
+EXPORT_EVENT = 'ScheduledExportEvent'
+# The EventBridge rules the SAM transform makes of the two rule event sources.
+IMPORT_RULE = IMPORT_UPLOAD + IMPORT_EVENT
+EXPORT_RULE = SCHEDULED_EXPORT + EXPORT_EVENT
+
+# The REST API in front of API_HANDLER.
+REST_API = 'RestAPI'
+
+# This stack's own resources, named Cars* so they cannot collide with Chalice's.
+TABLE = 'CarsTable'
+QUEUE = 'CarsIngestQueue'
+BUCKET = 'CarsBucket'
+TOPIC = 'CarsChangesTopic'
+# Import/export events EventBridge could not deliver, or that failed every
+# asynchronous try of their function.
+EVENTS_DEAD_LETTERS = 'CarsEventsDeadLetterQueue'
+# Stream batches PublishChanges failed on every retry (Lambda sends where in
+# the stream they were, not the records: they stay readable for 24 hours).
+CHANGES_DEAD_LETTERS = 'CarsChangesDeadLetterQueue'

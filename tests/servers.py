@@ -22,7 +22,8 @@ class LocalServer(object):
     `kind='dev'` (the default) runs `make run`'s server (`python -m devserver`:
     Chalice's LocalGateway under uvicorn, the app on a pool of worker threads,
     so concurrent requests reach the app and the store at the same time);
-    `args` are more of its command-line flags (short timeouts, say).
+    `args` are more of its command-line flags (short timeouts, say, or
+    `--project-dir` to serve another Chalice project).
     `kind='chalice'` runs stock `chalice local`. `nofile` sets the server
     process's file descriptor limit (`ulimit -n`).
     """
@@ -69,12 +70,6 @@ class LocalServer(object):
     def _limits(self):
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
-
-    def cpu_seconds(self):
-        """CPU time (user + system) the server process has used so far (Linux /proc)."""
-        with open('/proc/%d/stat' % self.proc.pid) as f:
-            fields = f.read().rsplit(')', 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
     def stop(self, sig=None):
         if self.proc is None:

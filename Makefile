@@ -30,9 +30,10 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 # CARS_STORE unset means the sqlite store locally. devserver.py is `chalice
-# local` (same config, stages and LocalGateway) under uvicorn; it is not part of
-# the Lambda package. RUN_ARGS adds its flags (python -m devserver --help), e.g.
-# RUN_ARGS='--timeout-keep-alive 30'. `chalice local` itself still works.
+# local` (same config, stages and LocalGateway) as an ASGI app under uvicorn,
+# through public APIs only; it is not part of the Lambda package. RUN_ARGS adds
+# its flags (python -m devserver --help), e.g. RUN_ARGS='--timeout-keep-alive 30'.
+# `chalice local` itself still works.
 STAGE ?= dev
 RUN_ARGS ?=
 run: $(VENV)/.installed
@@ -48,12 +49,6 @@ test: $(VENV)/.installed node_modules/.installed chromium lint
 clean:
 	rm -rf $(VENV) node_modules out cars.db cars.db-wal cars.db-shm .pytest_cache .hypothesis .schemathesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
-
-# ---------------------------------------------------------------------------
-# Room for more targets, appended by their owners below this line:
-#   package  deploy  bench  fuzz  lint
-# Add each to .PHONY with its own `.PHONY: name` line next to it.
-# ---------------------------------------------------------------------------
 
 # --- deployment (deploy/, .chalice/) -----------------------------------------
 # `make package STAGE=prod` writes out/sam.json and out/deployment.zip (python3.13
@@ -123,10 +118,15 @@ deploy: package
 
 # Benchmarks, side by side with their references, as ratios; prints one table
 # (also kept in bench/results/). wrk is a Debian package; installed if missing.
+# The serve section's reference is the blog's Tornado server, which is not in
+# this repository: TORNADO_SEED=/path/to/seed_tornado.py (or BENCH_ARGS=
+# '--tornado-seed ...'); without it that comparison is skipped and the table
+# says what it needs. BENCH_ARGS passes more flags (bench/run.py --help).
+TORNADO_SEED ?=
 .PHONY: bench
 bench: $(VENV)/.installed node_modules/.installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
-	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/run.py $(if $(TORNADO_SEED),--tornado-seed '$(TORNADO_SEED)') $(BENCH_ARGS)
 
 # --- smoke test (deploy/smoke.py) ------------------------------------------------
 # One car's life against a running API, deleted even when a step fails:

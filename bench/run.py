@@ -5,6 +5,7 @@ alternating between the two, and reported as a ratio: the machines are shared
 and noisy, so absolute times move from run to run while ratios hold.
 
     python bench/run.py [--only warm,cold,dynamodb,serve,scale] [--quick] [--strict]
+                        [--tornado-seed PATH/TO/seed_tornado.py]
 
 Sections:
   warm      requests through the Lambda entry point app.app(event, context),
@@ -17,7 +18,10 @@ Sections:
             server, both with and both without access logs (and stock `chalice
             local`), with wrk: 16 connections, keep-alive, GET one car; then the
             slowest of 20 small GETs while another connection has 50 pipelined
-            1,000-car pages outstanding
+            1,000-car pages outstanding. The blog's server is not part of this
+            repository: pass its file with --tornado-seed (`make bench
+            TORNADO_SEED=...`). Without it the section measures `make run` and
+            `chalice local` alone and says what the comparison needs.
   scale     GET one car and a page of 100 with 100 cars and with 6,561 in the store
 
 The table is also written to bench/results/ (not in git).
@@ -39,8 +43,13 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, 'tests')
-# The blog's server, kept beside the repository (never inside it).
-SEED = os.path.join(os.path.dirname(ROOT), 'shared', 'baseline', 'seed_tornado.py')
+# What the Tornado comparison needs, printed when it cannot run.
+SEED_HELP = (
+    "the comparison with the blog's Tornado server needs the blog's seed_tornado.py "
+    '(not part of this repository); pass its path: '
+    "`make bench TORNADO_SEED=/path/to/seed_tornado.py`, "
+    "or `make bench BENCH_ARGS='--tornado-seed /path/to/seed_tornado.py'`, "
+    'or `python bench/run.py --tornado-seed /path/to/seed_tornado.py`')
 RESULTS = os.path.join(ROOT, 'bench', 'results')
 PY = sys.executable
 
@@ -115,10 +124,8 @@ def call(handler, event, status):
 def fill_sqlite(path, n):
     """A sqlite store file holding the first n assignable ids (the CLI's bulk path)."""
     os.environ['CARS_DB_PATH'] = path
-    from chalicelib import config
     from chalicelib.domain import cars
     from chalicelib.store import get_store
-    config.reload()
     ids = cars.all_assignable_ids()[:n]
     get_store('sqlite').put_many([dict(CAR, id=i) for i in ids])
     return ids
@@ -374,11 +381,12 @@ OURS = 'make run (devserver: uvicorn)'
 
 def bench_serve(args, tmp):
     if not shutil.which('wrk'):
-        add('serve', 'skipped: wrk is not installed', '', '', None)
+        add('serve', 'wrk runs skipped: wrk is not installed', '', '', None)
+        bench_pipelined_pressure(args, tmp)
         return
-    if not os.path.exists(SEED):
-        add('serve', 'skipped: %s not found' % SEED, '', '', None)
-        return
+    seed = args.tornado_seed
+    if not seed:
+        print('  note: %s' % SEED_HELP, flush=True)
     servers = {}
 
     def serve(name, cmd, cwd, env):
@@ -390,9 +398,9 @@ def bench_serve(args, tmp):
     try:
         # The blog's server, run as its docstring says: from an empty directory
         # (one per variant: each has its own cars.db there).
-        for logged in (True, False):
+        for logged in ((True, False) if seed else ()):
             seed_dir = tempfile.mkdtemp(dir=tmp)
-            cmd = [PY, '-c', TORNADO_LOGGED, SEED] if logged else [PY, SEED]
+            cmd = [PY, '-c', TORNADO_LOGGED, seed] if logged else [PY, seed]
             serve(BLOG + ('' if logged else ', no access log'), cmd, seed_dir, child_env())
         env = child_env(CARS_STORE='sqlite', CARS_DB_PATH=os.path.join(tmp, 'serve.db'))
         ours = serve(OURS, [PY, '-m', 'devserver'], ROOT, env)
@@ -419,23 +427,32 @@ def bench_serve(args, tmp):
     # Best of the rounds: load from other processes only ever makes a run worse.
     best = {name: (max(r for r, _, _ in s), min(p for _, p, _ in s), min(c for _, _, c in s))
             for name, s in samples.items()}
+    if not seed:
+        add('serve', 'blog comparison not run: see the note below the table', '', '', None)
     for suffix, note in (('', ', access log on'), (', no access log', ', no access log')):
-        blog_rps, blog_p50, blog_cpu = best[BLOG + suffix]
-        add('serve', 'blog%s, req/s (reference)' % note, '%.0f/s' % blog_rps, '', None)
-        add('serve', 'blog%s, p50 latency (reference)' % note, us(blog_p50), '', None)
-        add('serve', 'blog%s, server CPU per request (reference)' % note, us(blog_cpu), '', None)
+        blog = best.get(BLOG + suffix)
+        if blog:
+            blog_rps, blog_p50, blog_cpu = blog
+            add('serve', 'blog%s, req/s (reference)' % note, '%.0f/s' % blog_rps, '', None)
+            add('serve', 'blog%s, p50 latency (reference)' % note, us(blog_p50), '', None)
+            add('serve', 'blog%s, server CPU per request (reference)' % note, us(blog_cpu), '',
+                None)
         names = [OURS + suffix] + (['stock chalice local'] if not suffix else [])
         for name in names:
             rps, p50, cpu = best[name]
             is_ours = name.startswith('make run')
             label = name + ('' if suffix or not is_ours else ', access log on')
-            add('serve', '%s, req/s' % label, '%.0f/s' % rps, '%.0f/s' % blog_rps,
-                rps / blog_rps, '>= 1.0x' if is_ours else None,
-                rps / blog_rps >= 1.0 if is_ours else None)
-            add('serve', '%s, p50 latency' % label, us(p50), us(blog_p50), p50 / blog_p50,
+            if blog:
+                add('serve', '%s, req/s' % label, '%.0f/s' % rps, '%.0f/s' % blog_rps,
+                    rps / blog_rps, '>= 1.0x' if is_ours else None,
+                    rps / blog_rps >= 1.0 if is_ours else None)
+            else:
+                add('serve', '%s, req/s' % label, '%.0f/s' % rps, '', None)
+            add('serve', '%s, p50 latency' % label, us(p50), us(blog_p50) if blog else '',
+                p50 / blog_p50 if blog else None,
                 '< 5 ms' if is_ours else None, p50 < 0.005 if is_ours else None)
-            add('serve', '%s, server CPU per request' % label, us(cpu), us(blog_cpu),
-                cpu / blog_cpu)
+            add('serve', '%s, server CPU per request' % label, us(cpu),
+                us(blog_cpu) if blog else '', cpu / blog_cpu if blog else None)
     bench_pipelined_pressure(args, tmp)
 
 
@@ -527,14 +544,12 @@ def bench_scale(args, tmp):
     fill_sqlite(small, 100)
     ids = fill_sqlite(large, 6561)
     import app
-    from chalicelib import config
     one = '/api/v1/cars/{car_id}'
     car_id = ids[50]  # present in both stores
 
     def with_db(path, event):
         def run():
             os.environ['CARS_DB_PATH'] = path
-            config.reload()  # both sides pay it: the app remembers settings otherwise
             response = app.app(event, Context())
             if response['statusCode'] != 200:
                 raise AssertionError(response)
@@ -586,17 +601,32 @@ def main(argv=None):
     parser.add_argument('--quick', action='store_true', help='fewer rounds, for a smoke run')
     parser.add_argument('--strict', action='store_true',
                         help='exit with status 1 when a target is missed')
+    parser.add_argument('--tornado-seed', metavar='PATH', default=None,
+                        help="the blog's seed_tornado.py, the reference of the serve section "
+                             '(not part of this repository); without it, serve measures '
+                             '`make run` and `chalice local` alone')
     args = parser.parse_args(argv)
+    if args.tornado_seed:
+        args.tornado_seed = os.path.abspath(os.path.expanduser(args.tornado_seed))
+        if not os.path.isfile(args.tornado_seed):
+            parser.error('--tornado-seed: no file at %s' % args.tornado_seed)
+    sections = [name.strip() for name in args.only.split(',') if name.strip()]
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        parser.error('--only: unknown section(s) %s; choose from %s'
+                     % (', '.join(unknown), ', '.join(SECTIONS)))
     sys.path.insert(0, ROOT)
     tmp = tempfile.mkdtemp(prefix='cars-bench-')
     try:
-        for name in args.only.split(','):
+        for name in sections:
             print('== %s' % name, flush=True)
-            SECTIONS[name.strip()](args, tmp)
+            SECTIONS[name](args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     header = '%s on %s' % (datetime.date.today().isoformat(), machine())
     text = '%s\n\n%s\n' % (header, table())
+    if 'serve' in sections and not args.tornado_seed:
+        text += '\nNote: %s.\n' % SEED_HELP
     print('\n' + text)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, time.strftime('%Y%m%d-%H%M%S.md')), 'w') as f:

@@ -2,6 +2,7 @@
 import collections
 import io
 import json
+import os
 
 import pytest
 from chalice.test import Client
@@ -12,6 +13,7 @@ from chalicelib.automation import bulk_import, export
 from chalicelib.domain import cars
 
 BUCKET = 'cars-test-bucket'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -68,11 +70,75 @@ def csv_of(rows, header=('id', 'make', 'model', 'year', 'trans', 'color')):
     return out.getvalue()
 
 
-def test_the_event_pattern_matches_object_created_under_imports():
-    pattern = bulk_import.IMPORT_EVENT_PATTERN
-    assert pattern['source'] == ['aws.s3']
-    assert pattern['detail-type'] == ['Object Created']
-    assert pattern['detail']['object']['key'] == [{'prefix': 'imports/'}]
+def object_deleted(key, bucket=BUCKET):
+    """The EventBridge event S3 sends for a deleted object."""
+    event = object_created(key, bucket)
+    event['detail-type'] = 'Object Deleted'
+    event['detail'] = {'version': '0', 'bucket': {'name': bucket},
+                       'object': {'key': key, 'sequencer': '2'},
+                       'request-id': 'R', 'requester': '123456789012',
+                       'source-ip-address': '127.0.0.1', 'reason': 'DeleteObject',
+                       'deletion-type': 'Permanently Deleted'}
+    return event
+
+
+def deployed_import_pattern(bucket):
+    """The import rule's pattern as the stack has it: the pattern app.py gives
+    Chalice, merged with deploy/resources.py's override the way `chalice package
+    --merge-template` merges, its bucket Ref resolved to the bucket's name."""
+    import copy
+    import sys
+
+    from chalice.package import TemplateDeepMerger
+    sys.path.insert(0, os.path.join(ROOT, 'deploy'))
+    try:
+        import ids
+        import resources
+    finally:
+        sys.path.remove(os.path.join(ROOT, 'deploy'))
+    override = resources.event_sources()[ids.IMPORT_UPLOAD]['Properties']['Events'][
+        ids.IMPORT_EVENT]['Properties']['Pattern']
+    merged = TemplateDeepMerger().merge(copy.deepcopy(override),
+                                        copy.deepcopy(bulk_import.IMPORT_EVENT_PATTERN))
+    text = json.dumps(merged)
+    assert json.dumps(bulk_import.BUCKET_PLACEHOLDER) not in text
+    return json.loads(text.replace(json.dumps({'Ref': ids.BUCKET}), json.dumps(bucket)))
+
+
+def test_the_deployed_import_rule_delivers_only_object_created_under_imports_of_its_bucket():
+    import boto3
+    wanted = object_created('imports/2024/cars.csv')
+    others = [
+        object_created('reports/2024/cars.csv.json'),       # the import's own report
+        object_created('exports/2024-01-01.jsonl'),         # the daily export
+        object_created('archive/imports/cars.csv'),         # imports/ not at the start
+        object_created('imports-old/cars.csv'),             # not the imports/ folder
+        object_created('imports/cars.csv', bucket='someone-elses-bucket'),
+        object_deleted('imports/2024/cars.csv'),
+    ]
+    with mock_aws():
+        sqs = boto3.client('sqs', region_name='us-east-1')
+        queue = sqs.create_queue(QueueName='import-rule-target')['QueueUrl']
+        queue_arn = sqs.get_queue_attributes(
+            QueueUrl=queue, AttributeNames=['QueueArn'])['Attributes']['QueueArn']
+        events = boto3.client('events', region_name='us-east-1')
+        events.put_rule(Name='import-upload', State='ENABLED',
+                        EventPattern=json.dumps(deployed_import_pattern(BUCKET)))
+        events.put_targets(Rule='import-upload', Targets=[{'Id': 'queue', 'Arn': queue_arn}])
+        for event in others + [wanted]:
+            answer = events.put_events(Entries=[{
+                'Source': event['source'], 'DetailType': event['detail-type'],
+                'Resources': event['resources'], 'Detail': json.dumps(event['detail'])}])
+            assert answer['FailedEntryCount'] == 0
+        delivered = []
+        while True:
+            batch = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10,
+                                        WaitTimeSeconds=0).get('Messages', [])
+            if not batch:
+                break
+            delivered += [json.loads(m['Body']) for m in batch]
+    assert [(e['detail-type'], e['detail']['bucket']['name'], e['detail']['object']['key'])
+            for e in delivered] == [('Object Created', BUCKET, 'imports/2024/cars.csv')]
 
 
 def test_a_csv_with_bad_rows_imports_the_good_ones_and_reports_the_rest(store, s3):
@@ -90,10 +156,15 @@ def test_a_csv_with_bad_rows_imports_the_good_ones_and_reports_the_rest(store, s
     assert report['created'] == 1
     assert [(e['line'], e['field']) for e in report['errors']] == [
         (3, 'year'), (5, 'make'), (6, 'id'), (7, '')]
-    stored = all_cars(store)
-    assert sorted(c['make'] for c in stored) == ['Honda', 'Toyota']
-    assert store.get('1234')['color'] == 'blue'
-    assert store.get('5555') is None
+    # What was written: the two valid rows, as they were in the file. (Not
+    # "nothing at 5555": the id-less Honda row draws a random id, 5555 included.)
+    stored = {c['make']: cars.public(c) for c in all_cars(store)}
+    assert set(stored) == {'Honda', 'Toyota'}
+    assert stored['Toyota'] == dict(id='1234', make='Toyota', model='Corolla', year=2015,
+                                    trans='automatic', color='blue')
+    honda = dict(stored['Honda'])
+    assert cars.is_assignable_id(honda.pop('id'))
+    assert honda == dict(make='Honda', model='Civic', year=2010, trans='manual', color=None)
 
 
 def test_json_lines_import_and_the_report_name(store, s3):
@@ -242,6 +313,8 @@ def test_put_many_gives_up_after_its_attempts_and_names_the_cars_not_written(mon
     store = DynamoDBStore('cars')
     store._client = stub = UnprocessedForever()
     monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_BACKOFF', (0.001, 0.002))
+    # Time enough that only the attempts, never the clock, can end the retries.
+    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_SECONDS', 3600)
     ids = cars.all_assignable_ids()[:30]
     with pytest.raises(WriteIncomplete) as refused:
         store.put_many([{'id': i, 'make': 'Ford', 'model': 'Ka', 'year': 2001} for i in ids])
@@ -267,9 +340,10 @@ def test_put_many_sends_no_request_after_its_deadline(monkeypatch):
     from chalicelib.store.dynamodb import DynamoDBStore
     store = DynamoDBStore('cars')
     store._client = stub = UnprocessedForever()
-    # The first request goes out; the pause before a second would pass the deadline.
-    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_SECONDS', 5)
-    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_BACKOFF', (10, 10))
+    # The first request goes out; the pause before a second would pass the deadline
+    # (an hour away, so that no stall of this machine can pass it first).
+    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_SECONDS', 3600)
+    monkeypatch.setattr(DynamoDBStore, 'PUT_MANY_BACKOFF', (7200, 7200))
     with pytest.raises(WriteIncomplete, match='until the time ran out'):
         store.put_many([{'id': '1111', 'make': 'Ford', 'model': 'Ka', 'year': 2001}])
     assert stub.batch_calls == 1
@@ -327,3 +401,26 @@ def test_an_import_that_runs_out_of_lambda_time_writes_its_report(store, s3):
     assert 'ran out of time' in report['errors'][0]['message']
     assert store.get('4321') is None
     assert s3.head_object(Bucket=BUCKET, Key='reports/late.csv.json')
+
+
+def test_a_csv_import_strips_exactly_the_quote_that_neutralises_a_formula(store, s3):
+    """The export prefixes ' to a cell starting with = + - @ (or with quotes then one
+    of those); the import takes exactly one such quote off, and no other."""
+    rows = [('1111', "'=1+1"), ('1112', "''+SUM(1)"), ('1113', "'-2+3"), ('1114', "'@x"),
+            ('1115', "'plain"), ('1116', "'"), ('1117', "=raw"), ('1118', "'''-x")]
+    body = 'id,make,model,year\n' + ''.join('%s,%s,Model,2001\n' % r for r in rows)
+    report = drop(s3, 'imports/quoted.csv', body)
+    assert report['written'] == len(rows), report
+    assert {c['id']: c['make'] for c in all_cars(store)} == {
+        '1111': '=1+1', '1112': "'+SUM(1)", '1113': '-2+3', '1114': '@x',
+        '1115': "'plain", '1116': "'", '1117': '=raw', '1118': "''-x"}
+
+
+def test_a_jsonl_upload_with_unicode_line_separators_in_a_field_imports(store, s3):
+    lines = [json.dumps(dict(id='2222', make='Line\u2028Sep', model='Para\u2029Sep',
+                             year=2001), ensure_ascii=False),
+             json.dumps(dict(id='3333', make='Ford', model='Ka', year=2002))]
+    report = drop(s3, 'imports/separators.jsonl', '\r\n'.join(lines) + '\r\n')
+    assert (report['written'], report['errors']) == (2, [])
+    assert store.get('2222')['make'] == 'Line\u2028Sep'
+    assert store.get('2222')['model'] == 'Para\u2029Sep'

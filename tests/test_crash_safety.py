@@ -48,7 +48,10 @@ def test_sqlite_keeps_every_acknowledged_write_through_a_kill_9(tmp_path):
 
     with concurrent.futures.ThreadPoolExecutor(WRITERS) as pool:
         futures = [pool.submit(writer, n) for n in range(WRITERS)]
-        time.sleep(2.0)
+        # Kill it mid-load: once writes are being acknowledged, not after a set time.
+        deadline = time.monotonic() + 120
+        while len(acked_creates) <= 10 and time.monotonic() < deadline:
+            time.sleep(0.05)
         server.stop(sig=signal.SIGKILL)
         stop.set()
         for f in futures:

@@ -16,7 +16,10 @@ not is added to the emulator here, and only here:
 - outputs of a stack made through a change set (moto keeps none).
 What moto cannot build is taken out of the processed template by the named
 filters in EMULATOR_FILTERS, never out of the shipped template; each is listed
-in the README ("Deployment rehearsal").
+in docs/deployment.md ("Deployment rehearsal", #deployment-rehearsal).
+The refusals are the emulator's stand-ins for CloudFormation's checks: the
+tests below show that each stand-in refuses what it should, and that `make
+deploy` passes them all.
 """
 import copy
 import json
@@ -285,9 +288,14 @@ def check_request(response, direct):
     missing = sorted(needed - given)
     if missing:
         raise InsufficientCapabilities('Requires capabilities : [%s]' % ', '.join(missing))
+    PASSED_CHECKS.append((response._get_param('StackName'), 'direct' if direct else 'change set',
+                          tuple(sorted(needed))))
 
 
 _original_parse_template = cfn_models.Stack.parse_template
+# (stack name, request kind, capabilities needed) of every request that passed
+# check_request with a template to check.
+PASSED_CHECKS = []
 
 
 def install(monkeypatch, emulator_address):
@@ -589,11 +597,25 @@ def _upload(emulator, key, text):
     return 'https://s3.amazonaws.com/%s/%s' % (ARTIFACT_BUCKET, key)
 
 
+# --- the emulator's stand-ins for CloudFormation's checks (check_request, processed)
+# moto enforces none of these; the tests below show that each stand-in refuses
+# what CloudFormation would refuse, and the first that `make deploy` passes them.
+
+def test_make_deploy_passes_the_emulators_stand_ins_for_cloudformations_checks(deploy):
+    checked = [c for c in PASSED_CHECKS if c[0] == deploy.stack]
+    # The create, the update and the re-run each sent a change set with the
+    # template through check_request; none was a direct CreateStack/UpdateStack.
+    assert len(checked) >= 3, checked
+    assert {kind for _, kind, _ in checked} == {'change set'}
+    # The stack has IAM roles, so the capability check had something to refuse.
+    assert all('CAPABILITY_IAM' in needed for _, _, needed in checked), checked
+
+
 @pytest.mark.parametrize('capabilities,missing', [
     ([], 'CAPABILITY_IAM'),
     (['CAPABILITY_AUTO_EXPAND'], 'CAPABILITY_IAM'),
 ])
-def test_cloudformation_refuses_the_stack_without_the_iam_capability(
+def test_the_emulators_capability_check_refuses_a_change_set_without_capability_iam(
         deploy, emulator, capabilities, missing):
     with open(os.path.join(deploy.out, 'packaged.json')) as f:
         url = _upload(emulator, 'checks/%s.json' % deploy.stage, f.read())
@@ -606,7 +628,7 @@ def test_cloudformation_refuses_the_stack_without_the_iam_capability(
     assert missing in refused.value.response['Error']['Message']
 
 
-def test_cloudformation_refuses_a_transform_in_create_stack_without_auto_expand(
+def test_the_emulators_capability_check_refuses_create_stack_of_a_sam_template_without_auto_expand(
         deploy, emulator):
     with open(os.path.join(deploy.out, 'packaged.json')) as f:
         url = _upload(emulator, 'checks/%s.json' % deploy.stage, f.read())

@@ -163,15 +163,45 @@ def test_if_none_match_with_tags_on_writes_is_400(api, store, car, method, body)
     assert store.get(path[-4:]) == before
 
 
+def other_writer_is_locked_out(path):
+    """True if another connection to the sqlite file cannot start a write now:
+    some transaction holds sqlite's write lock. It does not wait for the lock
+    (timeout 0), so the answer is what holds at this moment."""
+    import sqlite3
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute('BEGIN IMMEDIATE')
+    except sqlite3.OperationalError as e:
+        assert 'locked' in str(e) or 'busy' in str(e), e
+        return True
+    else:
+        other.execute('ROLLBACK')
+        return False
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize('operation', ['update', 'delete'])
 def test_the_stores_refuse_only_if_absent_writes_in_the_write_itself(store, store_kind,
-                                                                     operation):
+                                                                     operation, monkeypatch):
+    """DynamoDB: one conditional request, no read first. sqlite: the store reads
+    the car inside the write's own BEGIN IMMEDIATE transaction, so while it decides,
+    no other writer can create, change or delete the car."""
     record = store.get(store.create(dict(CAR, trans=None))['id'])
     seen = []
     if store_kind == 'dynamodb':
         def spy(params, model, **kwargs):
             seen.append((model.name, params.get('ConditionExpression')))
         store.client.meta.events.register('provide-client-params.dynamodb.*', spy)
+    else:
+        assert not other_writer_is_locked_out(store.path)
+        real_get = store.get
+
+        def get_under_watch(car_id, *args, **kwargs):
+            # Every read the write makes: was another writer locked out right then?
+            seen.append((car_id, other_writer_is_locked_out(store.path)))
+            return real_get(car_id, *args, **kwargs)
+        monkeypatch.setattr(store, 'get', get_under_watch)
     try:
         args = (record['id'], {'color': 'red'}) if operation == 'update' else (record['id'],)
         with pytest.raises(cars.VersionMismatch):
@@ -182,13 +212,44 @@ def test_the_stores_refuse_only_if_absent_writes_in_the_write_itself(store, stor
     finally:
         if store_kind == 'dynamodb':
             store.client.meta.events.unregister('provide-client-params.dynamodb.*', spy)
-    assert store.get(record['id']) == record
-    assert store.get('5555') is None
+        else:
+            monkeypatch.setattr(store, 'get', real_get)
     if store_kind == 'dynamodb':
         # One conditional write each, no read first: the condition decides.
         name = 'UpdateItem' if operation == 'update' else 'DeleteItem'
         assert [n for n, _ in seen] == [name, name]
         assert all('attribute_not_exists(pk)' in cond for _, cond in seen)
+    else:
+        # Each call read its car once, and only while holding the write lock.
+        assert seen == [(record['id'], True), ('5555', True)]
+        assert not other_writer_is_locked_out(store.path)
+    assert store.get(record['id']) == record
+    assert store.get('5555') is None
+
+
+def test_sqlite_decides_put_if_none_match_star_under_the_write_lock(store, store_kind,
+                                                                   monkeypatch):
+    """The write that the absence check lets through (a create by PUT with
+    `If-None-Match: *`): between its read and its write no other writer can
+    create the car, so an existing car can never be overwritten."""
+    if store_kind != 'sqlite':
+        pytest.skip('sqlite transactions (DynamoDB: one conditional UpdateItem)')
+    real_get = store.get
+    seen = []
+
+    def get_then_another_writer_tries(car_id, *args, **kwargs):
+        found = real_get(car_id, *args, **kwargs)
+        # Between the read and the write: another writer tries to get in.
+        seen.append((car_id, found, other_writer_is_locked_out(store.path)))
+        return found
+    monkeypatch.setattr(store, 'get', get_then_another_writer_tries)
+    record, created = store.replace('5555', dict(CAR), only_if_absent=True)
+    monkeypatch.setattr(store, 'get', real_get)
+    assert created and record['version'] == 1
+    assert seen == [('5555', None, True)]
+    with pytest.raises(cars.VersionMismatch):
+        store.replace('5555', dict(CAR, color='red'), only_if_absent=True)
+    assert store.get('5555')['color'] == CAR['color']
 
 
 # --- a conditional header sent on several lines is one list ---------------------------

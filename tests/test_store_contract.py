@@ -1,8 +1,9 @@
 """The store interface (chalicelib/store/base.py), the same tests on every implementation.
 
-`StoreContract` uses only the `store` fixture, so another module can run it on
-a store built some other way (e.g. a table made from the deployment template)
-by subclassing it and overriding that fixture.
+`StoreContract` uses only the `store` fixture (and `unreachable_store`, which
+it builds beside it), so another module can run it on a store built some other
+way (e.g. a table made from the deployment template) by subclassing it and
+overriding that fixture.
 """
 import os
 import subprocess
@@ -114,8 +115,41 @@ class StoreContract(object):
         assert store.get('1111')['color'] == 'red'
         assert store.count() == 2
 
-    def test_ping_answers(self, store):
-        store.ping()
+    @pytest.fixture
+    def unreachable_store(self, store, tmp_path, monkeypatch):
+        """A store of `store`'s kind configured, as the app is, with a place it
+        cannot reach: for sqlite a database path whose directory is a regular
+        file; for DynamoDB a table that does not exist on the same endpoint.
+        Yields the store, the errors its ping may raise, and for DynamoDB the
+        error code the service answers with. A module that
+        overrides `store` with another kind overrides this fixture too."""
+        from chalicelib import store as store_module
+        from chalicelib.store.sqlite import SqliteStore
+        if isinstance(store, SqliteStore):
+            import sqlite3
+            not_a_directory = tmp_path / 'not-a-directory'
+            not_a_directory.write_text('a file where the database directory should be')
+            monkeypatch.setenv('CARS_DB_PATH', str(not_a_directory / 'cars.db'))
+            kind, errors, code = 'sqlite', (OSError, sqlite3.Error), None
+        else:
+            from botocore.exceptions import ClientError
+            monkeypatch.setenv('CARS_TABLE', 'no-such-table-%s' % os.urandom(6).hex())
+            kind, errors, code = 'dynamodb', (ClientError,), 'ResourceNotFoundException'
+        unreachable = store_module.get_store(kind)
+        assert unreachable is not store and type(unreachable) is type(store)
+        yield unreachable, errors, code
+        store_module.reset()
+
+    def test_ping_answers_on_a_reachable_store_and_raises_on_an_unreachable_one(
+            self, store, unreachable_store):
+        assert store.ping() is None
+        unreachable, errors, code = unreachable_store
+        with pytest.raises(errors) as refused:
+            unreachable.ping()
+        if code:
+            assert refused.value.response['Error']['Code'] == code
+        # The reachable store still answers: the failure was the other store's.
+        assert store.ping() is None
 
     # --- idempotency keys -------------------------------------------------------
 

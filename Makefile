@@ -74,7 +74,9 @@ lint: $(VENV)/.installed
 
 # Needs AWS credentials and the AWS CLI (not part of the Lambda package), and
 # an S3 bucket for the code in the target region:
-#   make deploy STAGE=prod ARTIFACT_BUCKET=my-bucket [CORS_ORIGINS=...] [SMOKE=0]
+#   TOKEN=<write token> make deploy STAGE=prod ARTIFACT_BUCKET=my-bucket [CORS_ORIGINS=...] [SMOKE=0]
+# TOKEN, for the smoke test, goes in the environment (see smoke below), never
+# after `make`: make's arguments are its command line, which `ps` shows.
 # The region is the caller's (AWS_REGION, else AWS_DEFAULT_REGION, else the
 # profile's: the CLI v2 order), printed with the account before anything
 # starts and passed to every call, so the stack lands where it says. The
@@ -130,9 +132,13 @@ bench: $(VENV)/.installed node_modules/.installed
 
 # --- smoke test (deploy/smoke.py) ------------------------------------------------
 # One car's life against a running API, deleted even when a step fails:
-#   make smoke URL=https://<api>.execute-api.<region>.amazonaws.com/api TOKEN=<write token>
+#   TOKEN=<write token> make smoke URL=https://<api>.execute-api.<region>.amazonaws.com/api
+#   TOKEN="$(cat ~/.cars-token)" make smoke URL=...    (the token from a file)
 # Without TOKEN the 401 step is skipped (only right for an API with open writes).
-# The token reaches the script through the environment, never a command line.
+# The token reaches the script through the environment, never a command line:
+# the recipe reads $$TOKEN in the shell, not $(TOKEN), so give TOKEN as an
+# environment variable as above, not as a make argument: an argument is part of
+# make's command line, which `ps` shows to every user.
 .PHONY: smoke
 smoke:
 	@test -n "$(URL)" || { echo "set URL=<the API root, e.g. the stack's EndpointURL>" >&2; exit 2; }

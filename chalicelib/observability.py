@@ -32,6 +32,20 @@ FIELDS = ('apiRequestId', 'carId', 'messageId', 's3Bucket', 's3Key', 'eventId')
 
 log = logging.getLogger('cars.ops')
 
+# The AWS SDK's and its HTTP stack's loggers stay at WARNING whatever the
+# application's level: Lambda's ApplicationLogLevel=DEBUG sets the root
+# logger to DEBUG, and botocore then logs every response body, the SSM
+# parameter's decrypted write tokens included (the authorizer reads them).
+# Set here, at import (the runtime configures logging before it imports the
+# handler); getLogger only names them, nothing of the SDK is imported. A
+# level set higher than WARNING is kept.
+SDK_LOGGERS = ('botocore', 'boto3', 'urllib3', 's3transfer')
+for _name in SDK_LOGGERS:
+    _sdk_log = logging.getLogger(_name)
+    if _sdk_log.level < logging.WARNING:
+        _sdk_log.setLevel(logging.WARNING)
+del _name, _sdk_log
+
 _WRITE_METHODS = frozenset(('POST', 'PUT', 'PATCH', 'DELETE'))
 
 

@@ -2,7 +2,7 @@
 
     python deploy/smoke.py https://abc123.execute-api.us-east-1.amazonaws.com/api
     SMOKE_TOKEN=... python deploy/smoke.py URL      (or --token T)
-    make smoke URL=... [TOKEN=...]
+    TOKEN=... make smoke URL=...      (the token stays off command lines)
 
 Each step is printed, the first failure ends the run (exit status 1), and the car is
 deleted whatever happened. Standard library only, so it runs anywhere Python does.

@@ -132,3 +132,56 @@ def test_the_module_runs_as_a_program(sqlite_path):
                          capture_output=True, text=True, check=True).stdout
     for command in ('init', 'import', 'export', 'seed', 'copy', 'events'):
         assert command in out
+
+
+def test_csv_export_neutralises_formulas_and_import_gives_the_same_cars_back(run, tmp_path):
+    """OWASP CSV injection: a cell starting with = + - @ (tab, CR) gets a leading ' in
+    the CSV, and so does one that already starts with quotes then one of those; the
+    import strips exactly that one quote. JSON Lines is written verbatim."""
+    makes = ['=1+1', '+SUM(1)', '-2+3', '@HYPERLINK("x")', "'=1+1", "''@x", "'plain", "'",
+             'Ford']
+    store = local_store()
+    for make in makes:
+        store.create({'make': make, 'model': '=cmd|/c calc', 'year': 2001, 'color': '-red'})
+    before = [cars.public(r) for r in all_cars(store)]
+    run('export', str(tmp_path / 'cars.csv'))
+    run('export', str(tmp_path / 'cars.jsonl'))
+    cells = (tmp_path / 'cars.csv').read_text().splitlines()[1:]
+    assert sorted(c.split(',')[1] for c in cells) == sorted(
+        ["'=1+1", "'+SUM(1)", "'-2+3", '"\'@HYPERLINK(""x"")"', "''=1+1", "'''@x", "'plain",
+         "'", 'Ford'])
+    assert all(",'=cmd|/c calc,2001,,'-red" in c for c in cells)
+    assert [json.loads(l) for l in (tmp_path / 'cars.jsonl').read_text().splitlines()] == before
+    for car in before:
+        store.delete(car['id'])
+    assert 'imported 9 car(s)' in run('import', str(tmp_path / 'cars.csv')).output
+    assert [cars.public(r) for r in all_cars(local_store())] == before
+
+
+def test_a_jsonl_export_with_unicode_line_separators_imports_again(run, tmp_path):
+    """U+2028 and U+2029 are valid inside a field and JSON writes them raw; only '\\n'
+    ends a JSON Lines record."""
+    store = local_store()
+    store.create({'make': 'Line\u2028Sep', 'model': 'Para\u2029Sep', 'year': 2001,
+                  'color': 'a\u2028\u2029b'})
+    store.create({'make': 'Ford', 'model': 'Ka', 'year': 2002})
+    before = [cars.public(r) for r in all_cars(store)]
+    run('export', str(tmp_path / 'cars.jsonl'))
+    assert '\u2028' in (tmp_path / 'cars.jsonl').read_text(encoding='utf-8')
+    for car in before:
+        store.delete(car['id'])
+    assert 'imported 2 car(s)' in run('import', str(tmp_path / 'cars.jsonl')).output
+    assert [cars.public(r) for r in all_cars(local_store())] == before
+
+
+def test_jsonl_lines_end_at_newline_or_crlf_only():
+    from chalicelib.automation import files
+    text = ('{"make": "A\u2028B", "model": "M", "year": 2001}\r\n'
+            '\r\n'
+            'not json\n'
+            '{"make": "C\u2029D\x85E", "model": "M", "year": 2002}')
+    rows = files.read_rows('x.jsonl', text.encode('utf-8'))
+    assert [(n, r if isinstance(r, dict) else 'error') for n, r in rows] == [
+        (1, {'make': 'A\u2028B', 'model': 'M', 'year': 2001}),
+        (3, 'error'),
+        (4, {'make': 'C\u2029D\x85E', 'model': 'M', 'year': 2002})]

@@ -57,12 +57,22 @@ class LambdaLogs(object):
 @pytest.fixture
 def lambda_logs(monkeypatch):
     """The root logger as Lambda sets it up (JSON, INFO), restored afterwards."""
+    yield from _lambda_logging(monkeypatch, 'INFO')
+
+
+@pytest.fixture
+def lambda_debug_logs(monkeypatch):
+    """The same with the application log level DEBUG (LoggingConfig ApplicationLogLevel)."""
+    yield from _lambda_logging(monkeypatch, 'DEBUG')
+
+
+def _lambda_logging(monkeypatch, level):
     from awslambdaric import bootstrap
     from awslambdaric.lambda_runtime_log_utils import LogFormat
     root = logging.getLogger()
     saved = root.handlers[:], root.level, logging.Formatter.converter
     sink = _Sink()
-    bootstrap._setup_logging(LogFormat.JSON, 'INFO', sink)
+    bootstrap._setup_logging(LogFormat.JSON, level, sink)
     monkeypatch.setenv('CARS_METRICS', 'emf')
     monkeypatch.setenv('CARS_STAGE', 'test')
     try:
@@ -352,3 +362,41 @@ def test_local_runs_log_readable_text_with_the_ids():
     assert lines[0].endswith('WARNING cars.http: store unavailable: locked [carId=1234]')
     assert lines[1].endswith('INFO cars.http: shown too [carId=1234]')
     assert not lines[0].startswith('{')
+
+
+SSM_TOKENS = ('token-a-5e0c-never-logged', 'token-b-91d7-never-logged')
+
+
+def test_at_debug_the_sdk_never_logs_the_decrypted_tokens(lambda_debug_logs, monkeypatch,
+                                                          capsys):
+    """ApplicationLogLevel=DEBUG sets the root logger to DEBUG; botocore's response
+    logging would then write the SSM parameter's decrypted value into the authorizer's
+    log. The SDK's loggers stay at WARNING (chalicelib/observability.py); the app's
+    DEBUG lines still appear."""
+    from chalicelib.http import auth
+    lambda_logs = lambda_debug_logs
+    assert logging.getLogger().level == logging.DEBUG
+    monkeypatch.delenv('CARS_AUTH_TOKENS', raising=False)
+    monkeypatch.setenv('CARS_AUTH_SSM_PARAMETER', '/cars/test/write-tokens')
+    auth.clear_cache()
+    try:
+        with mock_aws():
+            import boto3
+            boto3.client('ssm', region_name='us-east-1').put_parameter(
+                Name='/cars/test/write-tokens', Type='SecureString',
+                Value=','.join(SSM_TOKENS))
+            logging.getLogger('cars.auth').debug('app debug line before the fetch')
+            assert auth.tokens() == list(SSM_TOKENS)
+    finally:
+        auth.clear_cache()
+
+    lines = lambda_logs.lines()
+    assert [l['message'] for l in lines if l['logger'] == 'cars.auth'] == [
+        'app debug line before the fetch']
+    assert all(l['level'] == 'WARNING' or not l['logger'].startswith(
+        ('botocore', 'boto3', 'urllib3', 's3transfer')) for l in lines)
+    everything = lambda_logs.text() + ''.join(capsys.readouterr())
+    for secret in SSM_TOKENS:
+        assert secret not in everything
+    for name in ('botocore', 'boto3', 'urllib3', 's3transfer'):
+        assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING

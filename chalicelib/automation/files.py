@@ -15,6 +15,30 @@ CSV_EXTENSIONS = ('.csv',)
 JSONL_EXTENSIONS = ('.jsonl', '.ndjson')
 
 
+# Spreadsheet formula injection (OWASP "CSV Injection"): Excel, LibreOffice and
+# Google Sheets take a cell that starts with one of these for a formula.
+FORMULA_STARTS = ('=', '+', '-', '@', '\t', '\r')
+
+
+def _formula_like(cell):
+    """Does `cell` start with a formula character, after any number of quotes?"""
+    return cell.lstrip("'").startswith(FORMULA_STARTS)
+
+
+def neutralise_cell(cell):
+    """The CSV form of a text cell: a leading ' when it would be a formula.
+
+    A cell that starts with quotes followed by a formula character gets one more,
+    so `unneutralise_cell` knows that exactly one quote is always the added one.
+    """
+    return "'" + cell if _formula_like(cell) else cell
+
+
+def unneutralise_cell(cell):
+    """Undo `neutralise_cell`: drop one leading ' before (quotes and) a formula character."""
+    return cell[1:] if cell.startswith("'") and _formula_like(cell) else cell
+
+
 class FileError(Exception):
     """The file as a whole cannot be read (format, encoding, header)."""
 
@@ -90,7 +114,8 @@ def _csv_rows(text):
             rows.append((start, FileError('has %d cells; the header has %d'
                                           % (len(cells), len(header)))))
             continue
-        row = dict(zip(header, cells))
+        # The export's neutralised formulas (neutralise_cell) come back as written.
+        row = dict(zip(header, (unneutralise_cell(c) for c in cells)))
         # An empty id cell means "assign one", as an absent id does in JSON.
         if row.get('id', None) is not None and row['id'].strip() == '':
             del row['id']
@@ -99,7 +124,11 @@ def _csv_rows(text):
 
 def _jsonl_rows(text):
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Records end at '\n' (or '\r\n') only: str.splitlines would also split
+    # at U+2028, U+2029, U+0085 and other breaks, which JSON writes raw in a string.
+    for number, line in enumerate(text.split('\n'), 1):
+        if line.endswith('\r'):
+            line = line[:-1]
         if not line.strip():
             continue
         try:
@@ -138,14 +167,20 @@ def format_errors(errors, limit=50):
 
 
 def write_rows(out, records, fmt):
-    """Write public cars to a text stream as CSV (with header) or JSON Lines."""
+    """Write public cars to a text stream as CSV (with header) or JSON Lines.
+
+    CSV text cells that a spreadsheet would run as a formula get a leading '
+    (neutralise_cell); the CSV reader above takes it off again. JSON Lines is verbatim.
+    """
     import csv
     if fmt == 'csv':
         writer = csv.writer(out, lineterminator='\n')
         writer.writerow(COLUMNS)
         for r in records:
             car = cars.public(r)
-            writer.writerow(['' if car[c] is None else car[c] for c in COLUMNS])
+            writer.writerow(['' if car[c] is None else
+                             neutralise_cell(car[c]) if isinstance(car[c], str) else car[c]
+                             for c in COLUMNS])
     else:
         for r in records:
             out.write(json.dumps(cars.public(r), ensure_ascii=False, separators=(',', ':')))

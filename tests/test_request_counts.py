@@ -4,8 +4,8 @@ Request counts are the DynamoDB store's cost model (latency and price scale
 with them) and, unlike times, they are deterministic, so they are asserted
 exactly. Requests are counted with botocore's `before-call` event on the
 store's own client, through the Lambda entry point, so everything a request
-does (auth, idempotency, events) is counted. The README's Performance section
-lists the same numbers.
+does (auth, idempotency, events) is counted. docs/performance.md lists the
+same numbers ("DynamoDB requests per operation", #dynamodb-requests-per-operation).
 """
 import json
 import math
@@ -184,3 +184,111 @@ def test_import_retries_only_unprocessed_items(ddb, calls):
     # Each batch is retried before the next is sent.
     assert [len(b) for b in batches] == [25, 3, 5]
     assert ddb.count() == 30
+
+
+# --- filtered listings: one bounded Query per page ------------------------------------
+# A filtered page is one Query reading at most LIST_READ_BATCH items (1,000) before
+# filtering; the tests lower it to keep the tables small. A page that stops at the
+# bound is short, even empty, with a `next` that resumes after the last id read.
+
+def _follow(api, path, calls=None):
+    """Every page of a listing, following `next`: ([ids per page], [requests per page])."""
+    pages, sent_per_page = [], []
+    query = path
+    while query:
+        if calls is None:
+            response, sent = api.http.get(query), None
+        else:
+            response, sent = calls.during(api.http.get, query)
+        assert response.status_code == 200, response.body
+        body = json.loads(response.body)
+        pages.append([c['id'] for c in body['cars']])
+        sent_per_page.append(sent)
+        query = '%s&cursor=%s' % (path, body['next']) if body['next'] else None
+        assert len(pages) < 1000, 'the listing never ends'
+    return pages, sent_per_page
+
+
+def test_the_read_bound_is_1000_items(ddb):
+    from chalicelib.store import dynamodb
+    assert dynamodb.LIST_READ_BATCH == 1000
+
+
+def test_a_filter_matching_nothing_is_one_query_and_an_empty_page_with_next(
+        api, ddb, calls, monkeypatch):
+    from chalicelib.store import dynamodb
+    monkeypatch.setattr(dynamodb, 'LIST_READ_BATCH', 100)
+    ddb.put_many([dict(CAR, id=i) for i in cars.all_assignable_ids()[:450]])
+    response, sent = calls.during(api.http.get, '/api/v1/cars?make=nomatch&limit=1')
+    assert response.status_code == 200
+    assert sent == ['Query']
+    body = json.loads(response.body)
+    assert body['cars'] == [] and body['next'] is not None
+    assert 'rel="next"' in response.headers['Link']
+    # Following it: ceil(450 / 100) pages of one Query each, all empty, the last
+    # (50 items read, the partition's end) without `next`.
+    pages, sent = _follow(api, '/api/v1/cars?make=nomatch&limit=1', calls)
+    assert pages == [[]] * 5
+    assert sent == [['Query']] * 5
+
+
+@pytest.mark.parametrize('limit', [1, 2, 1000])
+def test_following_next_sees_sparse_matches_once_each(api, ddb, calls, monkeypatch, limit):
+    from chalicelib.store import dynamodb
+    monkeypatch.setattr(dynamodb, 'LIST_READ_BATCH', 100)
+    ids = cars.all_assignable_ids()[:450]
+    # Matches at the start, in one read window's middle, across a window's
+    # boundary (items 99 and 100) and at the very end.
+    fords = {ids[i] for i in (0, 1, 2, 99, 100, 250, 449)}
+    ddb.put_many([dict(CAR, id=i, make='Ford' if i in fords else 'Toyota') for i in ids])
+    pages, sent = _follow(api, '/api/v1/cars?make=ford&limit=%d' % limit, calls)
+    seen = [i for page in pages for i in page]
+    assert seen == sorted(fords)
+    assert all(len(page) <= limit for page in pages)
+    assert all(s == ['Query'] for s in sent)
+    # Never more pages than the read windows plus the pages full matches fill.
+    assert len(pages) <= 5 + len(fords) // limit
+
+
+@pytest.fixture
+def any_store_api(store_kind, monkeypatch):
+    """The Lambda entry point on each store in turn (sqlite, DynamoDB Local)."""
+    monkeypatch.setenv('CARS_AUTH_TOKENS', '')
+    monkeypatch.delenv('CARS_AUTH_SSM_PARAMETER', raising=False)
+    monkeypatch.delenv('AWS_LAMBDA_FUNCTION_NAME', raising=False)
+    from chalice.test import Client
+
+    from app import app
+    store_module.reset()
+    with Client(app) as client:
+        yield client, store_module.get_store()
+    store_module.reset()
+
+
+@pytest.mark.parametrize('query', ['make=ford', 'make=nomatch', 'year_min=2019', ''])
+def test_clients_following_next_see_each_match_once_on_every_store(
+        any_store_api, monkeypatch, query):
+    from chalicelib.store import dynamodb
+    monkeypatch.setattr(dynamodb, 'LIST_READ_BATCH', 40)
+    api, store = any_store_api
+    ids = cars.all_assignable_ids()[:130]
+    rows = [dict(CAR, id=i, make='Ford' if n % 37 in (0, 1) else 'Toyota', year=2000 + n % 23)
+            for n, i in enumerate(ids)]
+    store.put_many(rows)
+    wanted = [r['id'] for r in rows
+              if ('make=ford' not in query or r['make'] == 'Ford')
+              and 'nomatch' not in query
+              and ('year_min' not in query or r['year'] >= 2019)]
+    for limit in (1, 3, 100):
+        pages, _ = _follow(api, '/api/v1/cars?%s&limit=%d' % (query, limit))
+        assert [i for page in pages for i in page] == wanted
+        # The store's own answer, followed the same way.
+        filters, _, _ = cars.validate_list_params(
+            dict(p.split('=') for p in query.split('&') if p))
+        seen, after = [], None
+        while True:
+            records, after = store.list(filters, after, limit)
+            seen.extend(r['id'] for r in records)
+            if after is None:
+                break
+        assert seen == wanted

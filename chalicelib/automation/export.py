@@ -16,12 +16,11 @@ def all_cars(store, page=1000):
     """Every car, in id order, read page by page."""
     after = None
     while True:
-        records, more = store.list(cars.Filters(), after, page)
+        records, after = store.list(cars.Filters(), after, page)
         for r in records:
             yield r
-        if not more or not records:
+        if after is None:
             return
-        after = records[-1]['id']
 
 
 def export_inventory(bucket=None, day=None, s3=None, store=None):

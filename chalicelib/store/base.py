@@ -101,7 +101,13 @@ class Store(object):
     def list(self, filters, after, limit):
         """Cars with id > after (or all), matching filters, in id order.
 
-        Returns (records, more) with len(records) <= limit.
+        Returns (records, resume_after) with len(records) <= limit.
+        `resume_after` is None when no match is left after `records`; otherwise
+        the id to pass as `after` for the rest. A store may stop reading before
+        `limit` matches (DynamoDB bounds the items one request reads), so
+        `records` may be short or empty while `resume_after` is not None, and
+        `resume_after` may be past the last record's id (the last id read).
+        Following `resume_after` until it is None yields every match once.
         """
         raise NotImplementedError
 

@@ -24,7 +24,8 @@ from chalicelib.store.dynamodb_items import (
     idempotency_key, number_value, string_value, to_item)
 
 BATCH = 25
-# Items one filtered Query reads before filtering (bounds a request's cost).
+# Items a filtered listing reads per request (its one Query's Limit) before
+# filtering: the bound on what one page costs, whatever the filter matches.
 LIST_READ_BATCH = 1000
 
 
@@ -103,19 +104,20 @@ class DynamoDBStore(Store):
                   'ConsistentRead': True}
         if conds:
             kwargs['FilterExpression'] = ' AND '.join(conds)
-        found = []
-        while True:
-            # Unfiltered, limit+1 items answer "is there more?" in one request.
-            # Filtered, Limit bounds what one request reads before filtering.
-            kwargs['Limit'] = LIST_READ_BATCH if conds else limit + 1 - len(found)
-            page = self.client.query(**kwargs)
-            found.extend(page.get('Items', ()))
-            start = page.get('LastEvaluatedKey')
-            if len(found) > limit or not start:
-                break
-            kwargs['ExclusiveStartKey'] = start
+        # One Query per request, whatever the filters match: unfiltered, limit+1
+        # items answer "is there more?"; filtered, Limit bounds the items read
+        # (and paid for) before filtering to LIST_READ_BATCH, so a filter that
+        # matches few cars or none costs one bounded read per page, not a scan
+        # of the partition. DynamoDB also stops at 1 MB read either way.
+        kwargs['Limit'] = LIST_READ_BATCH if conds else limit + 1
+        page = self.client.query(**kwargs)
+        found = page.get('Items', ())
         records = [from_item(i) for i in found[:limit]]
-        return records, len(found) > limit
+        if len(found) > limit:
+            return records, records[-1]['id']
+        stopped = page.get('LastEvaluatedKey')
+        # Every match up to the last item read is in `records`: resume after it.
+        return records, stopped[SK]['S'] if stopped else None
 
     def all_ids(self):
         ids = []

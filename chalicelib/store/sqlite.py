@@ -184,7 +184,9 @@ class SqliteStore(Store):
         sql += ' ORDER BY id LIMIT ?'
         params.append(limit + 1)
         rows = self.connect().execute(sql, params).fetchall()
-        return [_record(r) for r in rows[:limit]], len(rows) > limit
+        records = [_record(r) for r in rows[:limit]]
+        # One SELECT reads every match it needs: it never stops early.
+        return records, records[-1]['id'] if len(rows) > limit else None
 
     def count(self):
         return self.connect().execute('SELECT COUNT(*) FROM cars').fetchone()[0]

@@ -80,6 +80,16 @@ CORPUS = [
     ('raw nul bytes', 'POST', CARS, {}, b'\x00\x00\x00\x00'),
     ('escape in color', 'PATCH', ONE, {}, j({'color': 'red\x1b[31m'})),
     ('lone surrogate', 'POST', CARS, {}, b'{"make": "\\ud800", "model": "x", "year": 2000}'),
+    # invisible and bidirectional-control characters, text too long once in NFC
+    ('zero width make', 'POST', CARS, {}, j(dict(CAR, make='\u200b'))),
+    ('bom make', 'POST', CARS, {}, j(dict(CAR, make='\ufeff'))),
+    ('rtl override model', 'PATCH', ONE, {}, j({'model': 'a\u202egnp.exe'})),
+    ('make long in nfc', 'POST', CARS, {}, j(dict(CAR, make='\ufb2c' * 64))),
+    ('year with newline', 'POST', CARS, {}, j(dict(CAR, year='2015\n'))),
+    # duplicate JSON keys
+    ('duplicate make', 'POST', CARS, {}, b'{"make": "a", "model": "m", "year": 2000, "make": "b"}'),
+    ('duplicate id', 'POST', CARS, {}, b'{"id": "1111", "make": "a", "model": "m", "year": 2000, '
+     b'"id": "2222"}'),
     # long strings and deep nesting
     ('10k make', 'POST', CARS, {}, j(dict(CAR, make='x' * 10000))),
     ('10k color', 'PATCH', ONE, {}, j({'color': 'y' * 10000})),
@@ -151,6 +161,8 @@ CORPUS = [
     ('if-none-match star in a list', 'PATCH', ONE, {'If-None-Match': '"1-x", *'},
      j({'color': 'red'})),
     ('if-none-match tag on delete', 'DELETE', ONE, {'If-None-Match': '"1-abc"'}, None),
+    ('if-match 60 tags', 'PATCH', ONE, {'If-Match': ', '.join('"1-%x"' % i for i in range(60))},
+     j({'color': 'red'})),
     ('if-none-match star on missing', 'DELETE', '/api/v1/cars/9876', {'If-None-Match': '*'},
      None),
     # bad idempotency keys

@@ -22,11 +22,39 @@ _ROUTE_ID = re.compile(r'[0-9]{4}', re.ASCII)
 # Ids a client may choose, and the only ones the server assigns.
 _ASSIGNABLE_ID = re.compile(r'[1-9]{4}', re.ASCII)
 
-# Characters no car field may hold: C0/C1 controls. Lone surrogates (which
-# cannot be encoded as UTF-8, so cannot be stored or returned) are refused by
-# `_is_text` instead of the patterns: they are not Unicode scalar values, and
-# standard JSON Schema regex engines reject a pattern that names them.
-_BAD = '\\x00-\\x1f\\x7f-\\x9f'
+# Characters no car field may hold: C0/C1 controls (category Cc) and the
+# invisible format characters (category Cf, Unicode 15.1): zero-width spaces
+# and joiners, the byte order mark, bidirectional overrides that make
+# "a\u202egnp.exe" display as "aexe.png", tag characters. A make that looks
+# blank, or unlike what it holds, is refused rather than stored.
+# Lone surrogates (which cannot be encoded as UTF-8, so cannot be stored or
+# returned) are refused by `_is_text` instead of the patterns: they are not
+# Unicode scalar values, and standard JSON Schema regex engines reject a
+# pattern that names them.
+_CC = ((0x00, 0x1f), (0x7f, 0x9f))
+_CF = ((0xad, 0xad), (0x600, 0x605), (0x61c, 0x61c), (0x6dd, 0x6dd), (0x70f, 0x70f),
+       (0x890, 0x891), (0x8e2, 0x8e2), (0x180e, 0x180e), (0x200b, 0x200f),
+       (0x202a, 0x202e), (0x2060, 0x2064), (0x2066, 0x206f), (0xfeff, 0xfeff),
+       (0xfff9, 0xfffb), (0x110bd, 0x110bd), (0x110cd, 0x110cd), (0x13430, 0x1343f),
+       (0x1bca0, 0x1bca3), (0x1d173, 0x1d17a), (0xe0001, 0xe0001), (0xe0020, 0xe007f))
+
+
+def _class_range(lo, hi):
+    """A character class member for lo..hi that Python's re, JSON Schema validators
+    and ECMA-262 (in its Unicode mode) read alike.
+
+    Below U+10000 an escape (\\uXXXX, \\xXX); above, the character itself:
+    Python spells an escape there \\U0001XXXX and ECMA-262 \\u{1XXXX}, and
+    neither reads the other's.
+    """
+    def one(cp):
+        if cp > 0xffff:
+            return chr(cp)
+        return '\\x%02x' % cp if cp <= 0xff else '\\u%04x' % cp
+    return one(lo) if lo == hi else '%s-%s' % (one(lo), one(hi))
+
+
+_BAD = ''.join(_class_range(lo, hi) for lo, hi in _CC + _CF)
 
 
 def _is_text(value):
@@ -59,6 +87,18 @@ def _trimmed_text(min_len, max_len):
 MAKE_MODEL_PATTERN = _trimmed_text(1, 64)
 TRANS_COLOR_PATTERN = _trimmed_text(0, 32)
 ID_PATTERN = '^[1-9]{4}$'
+FILTER_PATTERN = '^[^%s]*$' % _BAD
+
+
+def _full_match(pattern, value):
+    """True when `pattern` matches the whole of `value`.
+
+    The patterns are published in the OpenAPI document, where `^...$` means
+    the whole string. Python's `$` (and msgspec's pattern check, a search)
+    also matches before a final newline, so "2015\\n" would pass as a year:
+    every server-side check of a pattern goes through here.
+    """
+    return re.fullmatch(pattern, value) is not None
 
 
 def year_max(today=None):
@@ -148,7 +188,15 @@ _types_cache = {}
 
 
 def _field_types():
-    """msgspec types of the writable fields, for this calendar year."""
+    """msgspec types of the writable fields, and their messages, for this calendar year."""
+    return _field_rules()[:2]
+
+
+def _field_rules():
+    """(msgspec types, messages, patterns) of the writable fields, for this calendar year.
+
+    The patterns are the ones in the types, for the full matches msgspec does not do.
+    """
     hi = year_max()
     cached = _types_cache.get(hi)
     if cached:
@@ -158,51 +206,62 @@ def _field_types():
     import msgspec
     Meta = msgspec.Meta
     text = Annotated[str, Meta(pattern=MAKE_MODEL_PATTERN, description=(
-        '1-64 characters after trimming white space; no control characters'))]
+        '1-64 characters after trimming white space, counted in Unicode NFC form; '
+        'no control or invisible format characters'))]
     opt = Optional[Annotated[str, Meta(pattern=TRANS_COLOR_PATTERN, description=(
-        'At most 32 characters after trimming white space; blank or null reads as null'))]]
+        'At most 32 characters after trimming white space, counted in Unicode NFC form; '
+        'no control or invisible format characters; blank or null reads as null'))]]
+    year_pattern = year_string_pattern(YEAR_MIN, hi)
     year = Union[
         Annotated[int, Meta(ge=YEAR_MIN, le=hi)],
-        Annotated[str, Meta(pattern=year_string_pattern(YEAR_MIN, hi), description=(
+        Annotated[str, Meta(pattern=year_pattern, description=(
             'A string of digits, accepted for form posts and old clients'))],
     ]
     car_id = Annotated[str, Meta(pattern=ID_PATTERN, description=(
         'Four digits 1-9; the server assigns one when absent'))]
     types = {'id': car_id, 'make': text, 'model': text, 'year': year,
              'trans': opt, 'color': opt}
+    text_rule = ('after trimming white space (counted in Unicode NFC form), without '
+                 'control or invisible format characters')
     messages = {
         'id': 'must be a string of exactly 4 digits 1-9 (e.g. "8273")',
-        'make': 'must be a string of 1-64 characters after trimming white space, '
-                'without control characters',
-        'model': 'must be a string of 1-64 characters after trimming white space, '
-                 'without control characters',
+        'make': 'must be a string of 1-64 characters ' + text_rule,
+        'model': 'must be a string of 1-64 characters ' + text_rule,
         'year': 'must be an integer (or a string of digits) from %d to %d' % (YEAR_MIN, hi),
-        'trans': 'must be a string of at most 32 characters after trimming white space, '
-                 'without control characters, or null',
-        'color': 'must be a string of at most 32 characters after trimming white space, '
-                 'without control characters, or null',
+        'trans': 'must be a string of at most 32 characters %s, or null' % text_rule,
+        'color': 'must be a string of at most 32 characters %s, or null' % text_rule,
     }
+    patterns = {'id': ID_PATTERN, 'make': MAKE_MODEL_PATTERN, 'model': MAKE_MODEL_PATTERN,
+                'year': year_pattern, 'trans': TRANS_COLOR_PATTERN,
+                'color': TRANS_COLOR_PATTERN}
     _types_cache.clear()
-    _types_cache[hi] = (types, messages)
-    return types, messages
+    _types_cache[hi] = (types, messages, patterns)
+    return types, messages, patterns
 
 
-def _check_field(name, value, types, messages):
+def _check_field(name, value, rules):
     """Return (normalized value, error message or None)."""
     import msgspec
+    types, messages, patterns = rules
     if name == 'year' and isinstance(value, float) and value.is_integer():
         # JSON has one number type: 2015.0 is the integer 2015 (as JSON Schema says).
         value = int(value)
+    if isinstance(value, str):
+        if not _is_text(value):
+            return None, messages[name]
+        # Normalize before checking: the limits are on the text as stored, and
+        # NFC can lengthen text (U+FB2C is three characters in NFC).
+        value = unicodedata.normalize('NFC', value)
     try:
         msgspec.convert(value, types[name], strict=True)
     except msgspec.ValidationError:
         return None, messages[name]
-    if isinstance(value, str) and not _is_text(value):
+    if isinstance(value, str) and not _full_match(patterns[name], value):
         return None, messages[name]
     if name == 'year':
         return int(value), None
     if isinstance(value, str):
-        value = unicodedata.normalize('NFC', value.strip())
+        value = value.strip()
         if name in OPTIONAL_FIELDS and value == '':
             value = None
     return value, None
@@ -233,7 +292,7 @@ def _validate(data, allowed, partial):
     errors = _field_errors(data, allowed)
     if errors and not isinstance(data, dict):
         raise InvalidCar(errors)
-    types, messages = _field_types()
+    rules = _field_rules()
     out = {}
     for name in allowed:
         if name not in data:
@@ -244,7 +303,7 @@ def _validate(data, allowed, partial):
             elif name in OPTIONAL_FIELDS:
                 out[name] = None
             continue
-        value, problem = _check_field(name, data[name], types, messages)
+        value, problem = _check_field(name, data[name], rules)
         if problem:
             errors.append({'field': name, 'message': problem})
         else:
@@ -285,13 +344,6 @@ class Filters(object):
         self.year_min = year_min
         self.year_max = year_max
 
-    def fingerprint(self):
-        """A stable description, to bind a cursor to the filters it was made with."""
-        parts = ['%s=%s' % kv for kv in sorted(self.text.items())]
-        parts.append('y>=%s' % self.year_min)
-        parts.append('y<=%s' % self.year_max)
-        return '&'.join(parts)
-
     def matches(self, record):
         for name, wanted in self.text.items():
             if search_key(record.get(name)) != wanted:
@@ -323,9 +375,9 @@ def list_param_types():
 
     import msgspec
     Meta = msgspec.Meta
-    text_rule = ('at most 64 characters, without control characters '
-                 '(matched exactly, ignoring case)')
-    text = Annotated[str, Meta(max_length=64, pattern='^[^%s]*$' % _BAD)]
+    text_rule = ('at most 64 characters (counted in Unicode NFC form), without control or '
+                 'invisible format characters (matched exactly, ignoring case)')
+    text = Annotated[str, Meta(max_length=64, pattern=FILTER_PATTERN)]
     year = Annotated[int, Meta(ge=YEAR_MIN, le=hi)]
     types = {name: (text, text_rule) for name in TEXT_FILTERS}
     types['year'] = (year, 'a whole number from %d to %d' % (YEAR_MIN, hi))
@@ -352,11 +404,15 @@ def _list_param(name, value, types, errors):
             errors.append({'field': name, 'message': 'must be ' + rule})
             return None
         value = int(value)
+    elif name in TEXT_FILTERS and isinstance(value, str):
+        # As for car fields, the limits apply to the NFC form.
+        value = unicodedata.normalize('NFC', value)
     try:
         value = msgspec.convert(value, typ, strict=True)
     except msgspec.ValidationError:
         value = None
-    if value is None or isinstance(value, str) and not _is_text(value):
+    if (value is None or isinstance(value, str) and not _is_text(value)
+            or name in TEXT_FILTERS and not _full_match(FILTER_PATTERN, value)):
         errors.append({'field': name, 'message': 'must be ' + rule})
         return None
     return value

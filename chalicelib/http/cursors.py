@@ -28,8 +28,16 @@ def _check_value(payload):
 
 
 def _filters_digest(filters):
+    """A digest of the filters, to bind a cursor to the filters it was made with.
+
+    What is hashed is JSON, not text joined with `&` and `=`: a filter value
+    may hold those (`make=x%26model%3Dy` is one make, "x&model=y"), and a
+    cursor must never pass for another set of filters that prints the same.
+    """
     import hashlib
-    return hashlib.sha256(filters.fingerprint().encode('utf-8')).hexdigest()[:16]
+    described = json.dumps([sorted(filters.text.items()), filters.year_min, filters.year_max],
+                           ensure_ascii=True, separators=(',', ':'))
+    return hashlib.sha256(described.encode('ascii')).hexdigest()[:16]
 
 
 def make_cursor(after, filters):

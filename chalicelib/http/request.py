@@ -57,13 +57,39 @@ def _reject_constant(name):
     raise ValueError('%s is not valid JSON' % name)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs):
+    """An object's members as a dict, refusing a name given twice.
+
+    json.loads keeps the last of repeated names, so `{"make": "a", ..., "make":
+    "b"}` would silently store b, and a body carrying two ids would create the
+    second. Which one the client meant is a guess, as for a repeated form field.
+    """
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def parse_json(text):
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        # object_pairs_hook sees every object, at every nesting level.
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise Problem(400, 'the JSON body is nested too deeply', 'malformed-body')
     except ValueError as e:
         raise Problem(400, 'the body is not valid JSON: %s' % e, 'malformed-body')
+    except _DuplicateKey as e:
+        raise Problem(400, 'the JSON body gives the key %s more than once'
+                      % json.dumps(e.key[:100]), 'malformed-body',
+                      errors=[{'field': e.key, 'message': 'given more than once'}])
 
 
 def parse_form(text):

@@ -61,14 +61,17 @@ READ_AUTH = WRITE_AUTH if auth.reads_protected() else None
 # that read a body, so every 415 has the same problem body. (An empty list also
 # spares every request Chalice's media-type matching.)
 ANY_BODY = []
+# Every GET route has HEAD too (RFC 9110 9.3.2): the same view; middleware.py
+# sends its status and headers without the body.
+GET = ['GET', 'HEAD']
 
 
-@app.route('/', methods=['GET'], content_types=ANY_BODY)
+@app.route('/', methods=GET, content_types=ANY_BODY)
 def index():
     return Response(body='Hello, world', headers={'Content-Type': 'text/plain; charset=utf-8'})
 
 
-@app.route(paths.HEALTH, methods=['GET'], content_types=ANY_BODY)
+@app.route(paths.HEALTH, methods=GET, content_types=ANY_BODY)
 @handles_errors
 def health():
     kind = config.store_kind()
@@ -80,18 +83,20 @@ def health():
     return {'status': 'ok', 'store': kind}
 
 
-@app.route(paths.CARS, methods=['GET'], content_types=ANY_BODY, authorizer=READ_AUTH)
+@app.route(paths.CARS, methods=GET, content_types=ANY_BODY, authorizer=READ_AUTH)
 @handles_errors
 def list_cars():
     request = app.current_request
     params = query_params(request)
     filters, limit, cursor = cars.validate_list_params(params)
     after = read_cursor(cursor, filters) if cursor else None
-    records, more = get_store().list(filters, after, limit)
+    # The store may stop before `limit` matches (a bounded read): the page is
+    # then short, even empty, and `next` resumes after the last id it read.
+    records, resume_after = get_store().list(filters, after, limit)
     body = {'cars': [cars.public(r) for r in records], 'next': None}
     headers = {}
-    if more and records:
-        body['next'] = make_cursor(records[-1]['id'], filters)
+    if resume_after is not None:
+        body['next'] = make_cursor(resume_after, filters)
         headers['Link'] = next_link(url_path(request, paths.CARS), params, body['next'])
     return Response(body=body, headers=headers)
 
@@ -147,15 +152,16 @@ def _refusal(error):
 
 @app.route(paths.CARS, methods=['OPTIONS'], content_types=ANY_BODY)
 def cars_preflight():
-    return cors.preflight(app.current_request, 'GET, POST, OPTIONS')
+    return cors.preflight(app.current_request, 'GET, HEAD, POST, OPTIONS')
 
 
 @app.route(paths.CAR, methods=['OPTIONS'], content_types=ANY_BODY)
 def car_preflight(car_id):
-    return cors.preflight(app.current_request, 'GET, POST, PUT, PATCH, DELETE, OPTIONS')
+    return cors.preflight(app.current_request,
+                         'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS')
 
 
-@app.route(paths.CAR, methods=['GET'], content_types=ANY_BODY, authorizer=READ_AUTH)
+@app.route(paths.CAR, methods=GET, content_types=ANY_BODY, authorizer=READ_AUTH)
 @handles_errors
 def get_car(car_id):
     record = get_store().get(car_id)
@@ -208,14 +214,14 @@ def delete_car(car_id):
 
 # The document and its page are built on first request and cached, so no
 # other route pays for them at cold start.
-@app.route(paths.OPENAPI, methods=['GET'], content_types=ANY_BODY)
+@app.route(paths.OPENAPI, methods=GET, content_types=ANY_BODY)
 @handles_errors
 def openapi_document():
     from chalicelib.http import openapi
     return Response(body=openapi.document_json(), headers={'Content-Type': JSON})
 
 
-@app.route(paths.DOCS, methods=['GET'], content_types=ANY_BODY)
+@app.route(paths.DOCS, methods=GET, content_types=ANY_BODY)
 @handles_errors
 def docs_page():
     from chalicelib.http import docs
@@ -249,3 +255,19 @@ def publish_changes(event):
 @app.schedule(Rate(1, unit=Rate.DAYS))
 def scheduled_export(event):
     return export.export_inventory()
+
+
+# --- release: SnapStart hooks and the pre-traffic check -----------------------------
+# SnapStart (prod's published versions): what the snapshot holds and what every
+# restored environment renews (chalicelib/snapstart.py); a no-op outside Lambda.
+from chalicelib import snapstart  # noqa: E402
+
+snapstart.register()
+
+
+# CodeDeploy's BeforeAllowTraffic hook: questions the new version of the API (and
+# of the authorizer) before the `live` alias moves (chalicelib/release/pretraffic.py).
+@app.lambda_function(name='pre_traffic_check')
+def pre_traffic_check(event, context):
+    from chalicelib.release import pretraffic
+    return pretraffic.handle(event)

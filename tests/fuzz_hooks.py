@@ -30,7 +30,7 @@ def _header_name(headers, name):
 def before_call(ctx, case, **kwargs):
     path = case.operation.path
     method = case.operation.method.upper()
-    if path == '/api/v1/cars' and method == 'GET' and case.query:
+    if path == '/api/v1/cars' and method in ('GET', 'HEAD') and case.query:
         cursor = case.query.get('cursor')
         if isinstance(cursor, str) and cursor:
             case.query = {k: v for k, v in case.query.items() if k != 'cursor'}

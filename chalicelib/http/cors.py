@@ -4,7 +4,7 @@ own preflights (`preflight`) and `middleware` adds the response headers.
 """
 from chalicelib import config
 
-ALLOW_METHODS = 'GET, POST, PUT, PATCH, DELETE, OPTIONS'
+ALLOW_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS'
 ALLOW_HEADERS = ('Authorization, Content-Type, If-Match, If-None-Match, Idempotency-Key')
 EXPOSE_HEADERS = 'ETag, Location, Link, Idempotent-Replayed, Retry-After'
 MAX_AGE = '600'

@@ -1,0 +1,1 @@
+"""Release checks: what runs while CodeDeploy shifts traffic to a new version."""

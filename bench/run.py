@@ -4,7 +4,7 @@ Every figure is measured side by side with its reference in the same run,
 alternating between the two, and reported as a ratio: the machines are shared
 and noisy, so absolute times move from run to run while ratios hold.
 
-    python bench/run.py [--only warm,cold,dynamodb,serve,scale] [--quick] [--strict]
+    python bench/run.py [--only warm,cold,dynamodb,restore,serve,scale] [--quick] [--strict]
                         [--tornado-seed PATH/TO/seed_tornado.py]
 
 Sections:
@@ -14,6 +14,11 @@ Sections:
             bare one-route Chalice app (sqlite store)
   dynamodb  the same cold start on the DynamoDB store (DynamoDB Local), against
             a script that imports chalice and boto3 and does one GetItem
+  restore   SnapStart: a process initialised as before a snapshot (import app, the
+            before-snapshot hook), forked as a restored environment: CPU time from
+            the fork through the after-restore hook to its first answer (GET one
+            car), against a full cold start (a new process: import app + the same
+            GET), on sqlite and on DynamoDB (DynamoDB Local)
   serve     `make run`'s server (devserver.py, uvicorn) against the blog's Tornado
             server, both with and both without access logs (and stock `chalice
             local`), with wrk: 16 connections, keep-alive, GET one car; then the
@@ -306,6 +311,108 @@ def bench_dynamodb(args, tmp):
         ddb.stop()
 
 
+# --- SnapStart restore -----------------------------------------------------------------
+
+# A process initialised as Lambda initialises a SnapStart version (import app, the
+# before-snapshot hook), then forked once: the fork is an environment restored from
+# that snapshot. It puts back the generator state the snapshot holds (CPython reseeds
+# `random` in a forked child), runs the after-restore hook and answers one GET; the
+# CPU time from the fork to the answer is what it prints.
+RESTORE_APP = """
+import json, os, random, sys, time
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {bench!r})
+from lambda_events import proxy_event, Context
+import app
+from chalicelib import snapstart
+snapstart.before_snapshot()
+car = {car_id!r}
+event = proxy_event('GET', '/api/v1/cars/' + car, '/api/v1/cars/{{car_id}}', {{'car_id': car}})
+snapshot = random.getstate()
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(read)
+    start = time.process_time()
+    random.setstate(snapshot)
+    snapstart.after_restore()
+    r = app.app(event, Context())
+    spent = time.process_time() - start
+    os.write(write, json.dumps({{'status': r['statusCode'], 'cpu': spent}}).encode())
+    os._exit(0)
+os.close(write)
+chunks = []
+while True:
+    chunk = os.read(read, 65536)
+    if not chunk:
+        break
+    chunks.append(chunk)
+os.waitpid(pid, 0)
+print(b''.join(chunks).decode())
+"""
+
+
+def restore_once(script, env):
+    """CPU seconds of the restored fork, from the fork to its first answer."""
+    proc = subprocess.run([PY, '-c', script], env=env, cwd=ROOT, capture_output=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.decode('utf-8', 'replace'))
+    out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    if out['status'] != 200:
+        raise RuntimeError('the restored process answered %s' % out['status'])
+    return out['cpu']
+
+
+def restore_pair(label, env, car_id, runs):
+    bench_dir = os.path.join(ROOT, 'bench')
+    cold_script = COLD_APP.format(root=ROOT, bench=bench_dir, car_id=car_id)
+    restore_script = RESTORE_APP.format(root=ROOT, bench=bench_dir, car_id=car_id)
+    run_once(cold_script, env)  # compile .pyc files outside the measurement
+    restore_once(restore_script, env)
+    cold, restored = [], []
+    for _ in range(runs):
+        cold.append(run_once(cold_script, env))
+        restored.append(restore_once(restore_script, env))
+    cold_s, restored_s = min(cold), min(restored)
+    add('restore', 'cold start: import app + GET one car (%s) (reference)' % label,
+        us(cold_s), '', None)
+    add('restore', 'restored: after-restore hook + GET one car (%s)' % label, us(restored_s),
+        us(cold_s), restored_s / cold_s, '<= 0.1x', restored_s / cold_s <= 0.1)
+
+
+def bench_restore(args, tmp):
+    if not hasattr(os, 'fork'):
+        add('restore', 'skipped: needs os.fork', '', '', None)
+        return
+    runs = 5 if args.quick else 15
+    path = os.path.join(tmp, 'restore.db')
+    car_id = fill_sqlite(path, 1)[0]
+    restore_pair('sqlite', child_env(CARS_STORE='sqlite', CARS_DB_PATH=path), car_id, runs)
+    sys.path.insert(0, TESTS)
+    from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing
+    ddb = DynamoDBLocal(shared_db=True)
+    try:
+        ddb.start()
+    except DynamoDBLocalMissing as e:
+        add('restore', 'DynamoDB skipped: %s' % e, '', '', None)
+        return
+    try:
+        os.environ.update(FAKE_AWS)
+        import boto3
+        from chalicelib.store import table
+        from chalicelib.store.dynamodb import to_item
+        client = boto3.client('dynamodb', endpoint_url=ddb.endpoint)
+        table.create_table(client, 'bench-restore')
+        car_id = '1111'
+        client.put_item(TableName='bench-restore', Item=to_item(dict(
+            CAR, id=car_id, version=1, rev='r', created_at='t', updated_at='t')))
+        env = child_env(CARS_STORE='dynamodb', CARS_TABLE='bench-restore',
+                        AWS_ENDPOINT_URL_DYNAMODB=ddb.endpoint)
+        restore_pair('DynamoDB', env, car_id, runs)
+    finally:
+        ddb.stop()
+
+
 # --- local serving with wrk -------------------------------------------------------------
 
 def wait_http(url, proc, timeout=30):
@@ -571,7 +678,7 @@ def bench_scale(args, tmp):
 
 
 SECTIONS = {'warm': bench_warm, 'cold': bench_cold, 'dynamodb': bench_dynamodb,
-            'serve': bench_serve, 'scale': bench_scale}
+            'restore': bench_restore, 'serve': bench_serve, 'scale': bench_scale}
 
 
 def machine():

@@ -539,3 +539,143 @@ def test_the_scheduled_export_writes_the_inventory(invoke, resources):
                                           Key=outcome['keys']['jsonl'])['Body'].read()
     assert [json.loads(line)['id'] for line in exported.decode().splitlines()] == ['2468']
     assert resources['s3'].head_object(Bucket=resources['bucket'], Key=outcome['keys']['csv'])
+
+
+# --- the pre-traffic hook, against a local Lambda and CodeDeploy ---------------------------
+
+API_VERSION = 'arn:aws:lambda:%s:%s:function:cars-%s-APIHandler:2' % (REGION, ACCOUNT, STAGE)
+AUTHORIZER_VERSION = 'arn:aws:lambda:%s:%s:function:cars-%s-TokenAuthorizer:2' % (
+    REGION, ACCOUNT, STAGE)
+
+
+@pytest.fixture
+def sandbox(package, task_root, runtime_python, resources, tmp_path):
+    """sandbox(handler, events, **env) -> the child's report; each call in a new process,
+    with files of its own, so that calls may nest (the hook's invokes run while it waits).
+    The CARS_HOOK_* settings the template gives are left out: they name versions the
+    stack publishes (the test passes its own)."""
+    template, _ = package
+    resources['ssm'].put_parameter(
+        Name=function_named(template, 'app.app')['Environment']['Variables'][
+            'CARS_AUTH_SSM_PARAMETER'], Value=TOKEN, Type='SecureString', Overwrite=True)
+
+    def call(handler, events, **extra):
+        props = function_named(template, handler)
+        variables = {k: v for k, v in props.get('Environment', {}).get('Variables', {}).items()
+                     if not k.startswith('CARS_HOOK_')}
+        env = lambda_env(template, dict(props, Environment={'Variables': variables}),
+                         resources, task_root)
+        env.update(extra)
+        name = uuid.uuid4().hex
+        request, result = tmp_path / ('%s-request.json' % name), tmp_path / ('%s.json' % name)
+        request.write_text(json.dumps({'handler': handler, 'events': list(events),
+                                       'memory': props.get('MemorySize', 128),
+                                       'timeout': props.get('Timeout', 3)}))
+        child = tmp_path / 'bootstrap.py'
+        if not child.exists():
+            shutil.copy(CHILD, child)
+        done = subprocess.run([runtime_python, '-I', str(child), str(request), str(result)],
+                              cwd=task_root, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, 'the sandbox failed:\n%s\n%s' % (done.stdout, done.stderr)
+        return json.loads(result.read_text())
+    return call
+
+
+class LocalAws(object):
+    """A local Lambda (Invoke runs the version's handler from the package, in the sandbox)
+    and CodeDeploy (PutLifecycleEventHookExecutionStatus is recorded), on 127.0.0.1."""
+
+    def __init__(self, sandbox, functions):
+        import http.server
+        import threading
+        from urllib.parse import unquote
+        self.invoked, self.statuses = [], []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+                match = re.match(r'^/2015-03-31/functions/([^/]+)/invocations', self.path)
+                target = self.headers.get('X-Amz-Target', '')
+                if match:
+                    arn = unquote(match.group(1))
+                    event = json.loads(body)
+                    outer.invoked.append((arn, event))
+                    if arn not in functions:
+                        return self.answer(404, {'Type': 'User', 'message': 'no ' + arn},
+                                           {'x-amzn-ErrorType': 'ResourceNotFoundException'})
+                    [outcome] = sandbox(functions[arn], [event])['results']
+                    if 'errorType' in outcome:
+                        return self.answer(200, {k: outcome[k] for k in (
+                            'errorType', 'errorMessage')}, {'X-Amz-Function-Error': 'Unhandled'})
+                    return self.answer(200, outcome['returned'])
+                if target == 'CodeDeploy_20141006.PutLifecycleEventHookExecutionStatus':
+                    request = json.loads(body)
+                    outer.statuses.append(request)
+                    return self.answer(200, {'lifecycleEventHookExecutionId':
+                                             request['lifecycleEventHookExecutionId']},
+                                       {'Content-Type': 'application/x-amz-json-1.1'})
+                self.answer(400, {'message': 'not implemented here: %s %s' % (self.path, target)})
+
+            def answer(self, status, payload, headers=None):
+                data = json.dumps(payload).encode('utf-8')
+                self.send_response(status)
+                for name, value in dict({'Content-Type': 'application/json'},
+                                        **(headers or {})).items():
+                    self.send_header(name, value)
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.endpoint = 'http://127.0.0.1:%d' % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_pre_traffic_hook_checks_the_new_version_and_reports_succeeded(sandbox, resources):
+    functions = {API_VERSION: 'app.app', AUTHORIZER_VERSION: 'app.token_authorizer'}
+    with LocalAws(sandbox, functions) as local:
+        report = sandbox('app.pre_traffic_check', [
+            {'DeploymentId': 'd-SANDBOX01', 'LifecycleEventHookExecutionId': 'hook-1'}],
+            CARS_HOOK_TARGET_API=API_VERSION, CARS_HOOK_TARGET_AUTHORIZER=AUTHORIZER_VERSION,
+            CARS_HOOK_TOKENS_ON='true',
+            AWS_ENDPOINT_URL_LAMBDA=local.endpoint, AWS_ENDPOINT_URL_CODEDEPLOY=local.endpoint)
+    [outcome] = report['results']
+    assert 'errorType' not in outcome, outcome.get('stackTrace')
+    assert outcome['returned'] == {'status': 'Succeeded', 'failures': []}
+    assert local.statuses == [{'deploymentId': 'd-SANDBOX01',
+                               'lifecycleEventHookExecutionId': 'hook-1',
+                               'status': 'Succeeded'}]
+    assert [(arn, e.get('httpMethod') or e.get('type')) for arn, e in local.invoked] == [
+        (API_VERSION, 'GET'), (API_VERSION, 'GET'), (API_VERSION, 'GET'),
+        (API_VERSION, 'POST'), (AUTHORIZER_VERSION, 'TOKEN')]
+    # Nothing was written: the table holds no car.
+    items = resources['ddb'].scan(TableName=resources['table'])['Items']
+    assert [i for i in items if i['pk']['S'] == 'CAR'] == []
+
+
+def test_the_pre_traffic_hook_reports_failed_when_the_new_version_is_broken(sandbox):
+    # The "new version" here is the authorizer's function answering API events: no
+    # proxy responses, so every API check fails, and the hook says Failed.
+    functions = {API_VERSION: 'app.token_authorizer'}
+    with LocalAws(sandbox, functions) as local:
+        report = sandbox('app.pre_traffic_check', [
+            {'DeploymentId': 'd-SANDBOX02', 'LifecycleEventHookExecutionId': 'hook-2'}],
+            CARS_HOOK_TARGET_API=API_VERSION, CARS_HOOK_TOKENS_ON='true',
+            AWS_ENDPOINT_URL_LAMBDA=local.endpoint, AWS_ENDPOINT_URL_CODEDEPLOY=local.endpoint)
+    [outcome] = report['results']
+    assert outcome['returned']['status'] == 'Failed'
+    assert len(outcome['returned']['failures']) == 4
+    assert [s['status'] for s in local.statuses] == ['Failed']

@@ -163,7 +163,7 @@ class ChaliceASGI:
             log.exception('unhandled error serving %s %s', scope['method'], target)
             return await self._answer(send, *problem(
                 500, 'the server failed to answer this request'), close=True)
-        return await self._answer(send, *answer)
+        return await self._answer(send, *answer, head=scope['method'] == 'HEAD')
 
     async def _read_body(self, receive):
         """The body (None when empty), False if the client left, or a problem to answer.
@@ -208,7 +208,7 @@ class ChaliceASGI:
             body = base64.b64decode(body)
         return response['statusCode'], out_headers, body
 
-    async def _answer(self, send, status, headers, body, close=False):
+    async def _answer(self, send, status, headers, body, close=False, head=False):
         if body is None:
             body = b''
         elif isinstance(body, str):
@@ -226,8 +226,11 @@ class ChaliceASGI:
                 raw.extend((name, str(v).encode('latin-1', 'replace')) for v in value)
             else:
                 raw.append((name, str(value).encode('latin-1', 'replace')))
-        if status in NO_BODY_STATUSES:
-            body = b''  # uvicorn then adds neither Content-Length nor chunking
+        if status in NO_BODY_STATUSES or head:
+            # uvicorn then adds neither Content-Length nor chunking: a HEAD's
+            # length would have to be GET's (RFC 9110 8.6), which the app's
+            # empty HEAD body does not tell.
+            body = b''
         else:
             if body and not content_type:
                 raw.append((b'content-type', b'application/json'))  # as `chalice local`

@@ -32,6 +32,7 @@ Sections:
 The table is also written to bench/results/ (not in git).
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -278,27 +279,40 @@ def bench_cold(args, tmp):
               5 if args.quick else 15, '<= 1.5x', 1.5, 'cold')
 
 
-def bench_dynamodb(args, tmp):
+@contextlib.contextmanager
+def dynamodb_with_one_car(table_name, section):
+    """DynamoDB Local with a table holding one car: yields (env for a child, car id),
+    or None (after adding a 'skipped' row) when DynamoDB Local is not installed."""
     sys.path.insert(0, TESTS)
     from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing
     ddb = DynamoDBLocal(shared_db=True)
     try:
         ddb.start()
     except DynamoDBLocalMissing as e:
-        add('dynamodb', 'skipped: %s' % e, '', '', None)
+        add(section, 'DynamoDB skipped: %s' % e, '', '', None)
+        yield None
         return
     try:
         os.environ.update(FAKE_AWS)
         import boto3
         from chalicelib.store import table
+        from chalicelib.store.dynamodb_items import to_item
         client = boto3.client('dynamodb', endpoint_url=ddb.endpoint)
-        table.create_table(client, 'bench-cars')
+        table.create_table(client, table_name)
         car_id = '1111'
-        from chalicelib.store.dynamodb import to_item
-        client.put_item(TableName='bench-cars', Item=to_item(dict(
+        client.put_item(TableName=table_name, Item=to_item(dict(
             CAR, id=car_id, version=1, rev='r', created_at='t', updated_at='t')))
-        env = child_env(CARS_STORE='dynamodb', CARS_TABLE='bench-cars',
-                        AWS_ENDPOINT_URL_DYNAMODB=ddb.endpoint)
+        yield child_env(CARS_STORE='dynamodb', CARS_TABLE=table_name,
+                        AWS_ENDPOINT_URL_DYNAMODB=ddb.endpoint), car_id
+    finally:
+        ddb.stop()
+
+
+def bench_dynamodb(args, tmp):
+    with dynamodb_with_one_car('bench-cars', 'dynamodb') as ready:
+        if ready is None:
+            return
+        env, car_id = ready
         bench_dir = os.path.join(ROOT, 'bench')
         app_script = COLD_APP.format(root=ROOT, bench=bench_dir, car_id=car_id)
         bare_script = COLD_BARE_DYNAMODB.format(car_id=car_id)
@@ -307,8 +321,6 @@ def bench_dynamodb(args, tmp):
         cold_pair('import app + GET one car (DynamoDB)', app_script,
                   'chalice + boto3 + one GetItem', bare_script, env,
                   5 if args.quick else 15, '<= 1.15x', 1.15, 'dynamodb')
-    finally:
-        ddb.stop()
 
 
 # --- SnapStart restore -----------------------------------------------------------------
@@ -388,29 +400,9 @@ def bench_restore(args, tmp):
     path = os.path.join(tmp, 'restore.db')
     car_id = fill_sqlite(path, 1)[0]
     restore_pair('sqlite', child_env(CARS_STORE='sqlite', CARS_DB_PATH=path), car_id, runs)
-    sys.path.insert(0, TESTS)
-    from dynamodb_local import DynamoDBLocal, DynamoDBLocalMissing
-    ddb = DynamoDBLocal(shared_db=True)
-    try:
-        ddb.start()
-    except DynamoDBLocalMissing as e:
-        add('restore', 'DynamoDB skipped: %s' % e, '', '', None)
-        return
-    try:
-        os.environ.update(FAKE_AWS)
-        import boto3
-        from chalicelib.store import table
-        from chalicelib.store.dynamodb import to_item
-        client = boto3.client('dynamodb', endpoint_url=ddb.endpoint)
-        table.create_table(client, 'bench-restore')
-        car_id = '1111'
-        client.put_item(TableName='bench-restore', Item=to_item(dict(
-            CAR, id=car_id, version=1, rev='r', created_at='t', updated_at='t')))
-        env = child_env(CARS_STORE='dynamodb', CARS_TABLE='bench-restore',
-                        AWS_ENDPOINT_URL_DYNAMODB=ddb.endpoint)
-        restore_pair('DynamoDB', env, car_id, runs)
-    finally:
-        ddb.stop()
+    with dynamodb_with_one_car('bench-restore', 'restore') as ready:
+        if ready is not None:
+            restore_pair('DynamoDB', ready[0], ready[1], runs)
 
 
 # --- local serving with wrk -------------------------------------------------------------

@@ -167,3 +167,13 @@ def test_head_over_http_answers_as_get_without_a_body(server):
     assert session.get(server.url + '/api/v1/cars/' + car_id).json()['id'] == car_id
     head = session.head(server.url + '/api/v1/cars/' + car_id)
     assert head.headers['ETag'] == tag
+
+
+@pytest.mark.http
+def test_make_run_sends_no_content_length_of_zero_on_head(store_kind, tmp_path):
+    # RFC 9110 8.6: a HEAD's Content-Length, if any, must be GET's length.
+    with LocalServer(env=server_env(), kind='dev', log_path=str(tmp_path / 'server.log')) as s:
+        for path in ('/', '/api/v1/health', '/api/v1/cars'):
+            head = requests.head(s.url + path)
+            assert head.status_code == 200 and head.content == b''
+            assert 'Content-Length' not in head.headers, path

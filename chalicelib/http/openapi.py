@@ -244,12 +244,12 @@ IF_MATCH = {
     'name': 'If-Match', 'in': 'header', 'required': False,
     'description': 'Write only if the car\'s current `ETag` is one of these (or `*`: if it '
                    'exists); otherwise 412 and nothing changes. Sent on several lines, it '
-                   'is one list; `*` beside tags is refused (400).',
+                   'is one list; `*` beside tags is refused (400), and so are more than 50 tags.',
     'schema': {'type': 'string'},
 }
 IF_NONE_MATCH_READ = {
     'name': 'If-None-Match', 'in': 'header', 'required': False,
-    'description': '304 Not Modified when the car\'s current `ETag` is one of these',
+    'description': '304 Not Modified when the car\'s current `ETag` is one of these (at most 50)',
     'schema': {'type': 'string'},
 }
 
@@ -388,7 +388,7 @@ def _build(writes_protected, reads_protected):
                     '200': _car_response('The car'),
                     '304': {'description': 'Not modified: `If-None-Match` matched',
                             'headers': {'ETag': ETAG}}},
-                    **_problems(*read_problems, 404, 503)),
+                    **_problems(400, *read_problems, 404, 503)),
                 parameters=[IF_NONE_MATCH_READ],
                 security=read_security),
             'post': _op(

@@ -33,8 +33,8 @@ CATALOGUE = {
         'on a write, or more than one `Authorization` credential',
         {
             'malformed-body':
-                'The body is not valid JSON, not valid UTF-8, or a malformed form. Nothing '
-                'was changed.',
+                'The body is not valid JSON (a key given twice included), not valid UTF-8, '
+                'or a malformed form. Nothing was changed.',
             'invalid-query':
                 'A query parameter is unknown, given more than once, or breaks its rule; '
                 '`errors` lists each one.',
@@ -42,7 +42,9 @@ CATALOGUE = {
                 'The `cursor` was altered, or is used with other filters than the page it '
                 'came from. Start the listing again without it.',
             'invalid-precondition':
-                'On writes `If-None-Match` may only be `*` (write only where no car exists).',
+                'On writes `If-None-Match` may only be `*` (write only where no car exists); '
+                '`*` may not stand beside entity tags; a conditional header holds at most '
+                '50 entity tags.',
             'invalid-authorization':
                 'The request carries more than one `Authorization` header, or more than one '
                 'credential in it (a bearer token has no commas). Send exactly one '

@@ -299,11 +299,15 @@ def test_under_chalice_local_the_authorizer_admits_a_good_token_and_refuses_a_ba
     assert len(fetched) == 1
 
 
-def test_the_authorizer_check_costs_nothing_when_protection_is_off(monkeypatch):
+def test_with_protection_off_the_middleware_never_looks_for_tokens(monkeypatch):
+    import types
     calls = []
     monkeypatch.setattr(auth, 'tokens', lambda: calls.append(1))
     assert not auth.enabled()
-    auth.middleware(object(), lambda event: 'response')
+    for method in ('GET', 'POST', 'DELETE'):
+        event = types.SimpleNamespace(method=method, path='/api/v1/cars/1234', context={
+            'resourcePath': '/api/v1/cars/{car_id}'}, headers={})
+        assert auth.middleware(event, lambda event: 'response') == 'response'
     assert calls == []
 
 

@@ -83,8 +83,15 @@ lint: $(VENV)/.installed
 # packaged template is over CloudFormation's 51,200-byte limit for inline
 # templates, so `deploy` uploads it to the bucket as well. Last, the smoke test
 # runs against the new endpoint (SMOKE=0 skips it).
+# Releases (deploy/release_template.py): each changed function gets a new
+# version and CodeDeploy moves its `live` alias (prod: a 10% canary for 5
+# minutes on the API and the authorizer), rolling back on the release alarms.
+# CloudFormation waits for those deployments; deploy/release.py then prints how
+# each ended (succeeded, or rolled back and why), waiting at most
+# RELEASE_TIMEOUT seconds for any still running, and make fails if one failed.
 STACK ?= cars-$(STAGE)
 SMOKE ?= 1
+RELEASE_TIMEOUT ?= 1800
 # Stack parameters, each only when given (a later deploy keeps the value the
 # stack has): CORS_ORIGINS, ALARM_EMAIL, LOG_LEVEL (the functions' application
 # log level), and ACCOUNT_LOGGING_ROLE=true on the first stack of an account
@@ -106,10 +113,15 @@ deploy: package
 	aws cloudformation package --region "$$region" --template-file $(OUT)/sam.json \
 		--s3-bucket $(ARTIFACT_BUCKET) --s3-prefix $(STACK) \
 		--output-template-file $(OUT)/packaged.json --use-json; \
+	since="$$(date -u +%Y-%m-%dT%H:%M:%SZ)"; deployed=0; \
 	aws cloudformation deploy --region "$$region" --template-file $(OUT)/packaged.json \
 		--stack-name $(STACK) --s3-bucket $(ARTIFACT_BUCKET) --s3-prefix $(STACK) \
 		--capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset \
-		$(if $(PARAMETER_OVERRIDES),--parameter-overrides $(PARAMETER_OVERRIDES)); \
+		$(if $(PARAMETER_OVERRIDES),--parameter-overrides $(PARAMETER_OVERRIDES)) || deployed=$$?; \
+	released=0; $(VENV)/bin/python deploy/release.py --stack $(STACK) --region "$$region" \
+		--since "$$since" --timeout $(RELEASE_TIMEOUT) || released=$$?; \
+	test "$$deployed" = 0 || { echo "stack $(STACK) was not updated (CloudFormation rolled it back)" >&2; exit "$$deployed"; }; \
+	test "$$released" = 0 || exit "$$released"; \
 	url="$$(aws cloudformation describe-stacks --region "$$region" --stack-name $(STACK) \
 		--query "Stacks[0].Outputs[?OutputKey=='EndpointURL'].OutputValue" --output text)"; \
 	{ set +x; } 2>/dev/null; \
@@ -129,6 +141,21 @@ TORNADO_SEED ?=
 bench: $(VENV)/.installed node_modules/.installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(VENV)/bin/python bench/run.py $(if $(TORNADO_SEED),--tornado-seed '$(TORNADO_SEED)') $(BENCH_ARGS)
+
+# Point every function's `live` alias back at the version before the one it
+# runs now, all traffic at once, and print each move (deploy/rollback.py):
+#   make rollback STAGE=prod [ROLLBACK_ARGS='--dry-run' | '--to APIHandler=41' | '--only APIHandler']
+# It refuses while a canary is shifting traffic (stop that deployment instead:
+# `aws deploy stop-deployment --deployment-id <id> --auto-rollback-enabled`).
+# The region is found as `make deploy` finds it.
+ROLLBACK_ARGS ?=
+.PHONY: rollback
+rollback: $(VENV)/.installed
+	@set -eu; \
+	region="$${AWS_REGION:-$${AWS_DEFAULT_REGION:-$$(aws configure get region || true)}}"; \
+	test -n "$$region" || { echo "no AWS region: set one in your profile (aws configure), or AWS_REGION" >&2; exit 2; }; \
+	echo "rolling back stack $(STACK) (stage $(STAGE)) in region $$region"; \
+	$(VENV)/bin/python deploy/rollback.py --stack $(STACK) --region "$$region" $(ROLLBACK_ARGS)
 
 # --- smoke test (deploy/smoke.py) ------------------------------------------------
 # One car's life against a running API, deleted even when a step fails:

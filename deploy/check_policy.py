@@ -34,6 +34,7 @@ ACTIONS = {
     ('sqs', 'DeleteMessageBatch'): ['sqs:DeleteMessage'],
     ('sqs', 'ChangeMessageVisibilityBatch'): ['sqs:ChangeMessageVisibility'],
     ('dynamodb', 'TransactGetItems'): ['dynamodb:GetItem'],
+    ('lambda', 'Invoke'): ['lambda:InvokeFunction'],
 }
 # KMS actions the stack's encryption adds to a call: the change topic uses the
 # SNS key, the token parameter is a SecureString.

@@ -22,6 +22,7 @@ HANDLERS = {
     'import_upload': IMPORT_UPLOAD,
     'publish_changes': PUBLISH_CHANGES,
     'scheduled_export': SCHEDULED_EXPORT,
+    'pre_traffic_check': 'PreTrafficCheck',
 }
 
 # Function -> the role Chalice makes for it (`<handler>_role` in CamelCase; the
@@ -33,8 +34,35 @@ ROLES = {
     IMPORT_UPLOAD: 'ImportUploadRole',
     PUBLISH_CHANGES: 'PublishChangesRole',
     SCHEDULED_EXPORT: 'ScheduledExportRole',
+    'PreTrafficCheck': 'PreTrafficCheckRole',
 }
-FUNCTIONS = sorted(ROLES)
+
+# CodeDeploy's pre-traffic hook (app.py's `pre_traffic_check`, a plain
+# @app.lambda_function; chalicelib/release/pretraffic.py): it tests the new
+# versions before any traffic reaches them. It is not aliased itself: CodeDeploy
+# invokes it by name, and it is never in the traffic path.
+PRE_TRAFFIC_CHECK = 'PreTrafficCheck'
+HOOK_HANDLER = 'pre_traffic_check'
+# The functions that serve traffic: each one has versions and the `live`
+# alias, and everything invokes it through the alias (deploy/release_template.py).
+FUNCTIONS = sorted(f for f in ROLES if f != PRE_TRAFFIC_CHECK)
+
+# Versions and the alias (SAM's AutoPublishAlias): `<Function>.Alias` and
+# `<Function>.Version` are SAM's references to them; the resources SAM makes
+# are `<Function>Alias<alias>` and `<Function>Version<hash>`.
+LIVE_ALIAS = 'live'
+# What SAM's DeploymentPreference makes: one CodeDeploy application for the
+# stack, one deployment group per function.
+CODEDEPLOY_APPLICATION = 'ServerlessDeploymentApplication'
+CODEDEPLOY_ROLE = 'CarsCodeDeployRole'
+
+
+def alias_resource(function):
+    return '%sAlias%s' % (function, LIVE_ALIAS)
+
+
+def deployment_group(function):
+    return '%sDeploymentGroup' % function
 
 # The event sources Chalice gives the event handlers' functions.
 INGEST_EVENT = 'IngestQueueSqsEventSource'

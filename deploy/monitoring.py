@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # deploy/ is not a package; the repository root holds chalicelib.
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), ROOT]
 
-from ids import API_HANDLER, FUNCTIONS, REST_API, TABLE  # noqa: E402
+from ids import API_HANDLER, FUNCTIONS, LIVE_ALIAS, REST_API, TABLE  # noqa: E402
 from ids import PUBLISH_CHANGES as STREAM_CONSUMER  # noqa: E402
 from ids import TOKEN_AUTHORIZER as AUTHORIZER  # noqa: E402
 from chalicelib.observability import NAMESPACE as METRICS_NAMESPACE  # noqa: E402
@@ -134,6 +134,46 @@ def alarms(stage, functions=FUNCTIONS, queues=()):
     return out
 
 
+# --- the alarms that roll a release back ------------------------------------------
+
+# The API-wide alarms that mean "this release is bad" for the functions that
+# serve requests (the authorizer's failures are the API's 5XX answers too).
+API_RELEASE_ALARMS = ('ApiServerErrorRateAlarm', 'ApiLatencyP99Alarm')
+
+
+def new_version_number(function):
+    """The number of the version this deploy published: the last field of
+    SAM's `<Function>.Version` ARN (arn:aws:lambda:<region>:<account>:function:<name>:<n>)."""
+    return {'Fn::Select': [7, {'Fn::Split': [':', {'Ref': '%s.Version' % function}]}]}
+
+
+def release_alarm_id(function):
+    return '%sNewVersionErrorsAlarm' % function
+
+
+def release_alarms(functions=FUNCTIONS):
+    """(alarm resources, {function: the alarms CodeDeploy watches for it}).
+
+    Each function's Errors of the version being released only: Lambda's
+    metrics of an invocation through an alias carry the dimensions
+    FunctionName, Resource (`<function>:<alias>`) and ExecutedVersion (the
+    version that ran), so during a canary the old version's errors do not
+    count. One-minute periods: the canary lasts 5 minutes.
+    """
+    resources, watched = {}, {}
+    for fn in functions:
+        errors = AUTHORIZER_ERRORS if fn == AUTHORIZER else 0
+        resources[release_alarm_id(fn)] = _alarm(
+            '%s: the version being released failed more than %d invocations in a minute '
+            '(rolls the release back).' % (fn, errors), 'AWS/Lambda', 'Errors',
+            [('FunctionName', {'Ref': fn}),
+             ('Resource', {'Fn::Sub': '${%s}:%s' % (fn, LIVE_ALIAS)}),
+             ('ExecutedVersion', new_version_number(fn))], errors, period=60)
+        watched[fn] = [release_alarm_id(fn)] + (
+            list(API_RELEASE_ALARMS) if fn in (API_HANDLER, AUTHORIZER) else [])
+    return resources, watched
+
+
 # --- the dashboard ------------------------------------------------------------------
 
 def _metric_widget(title, metrics, x, y, stat='Sum', width=8, height=6, period=300):
@@ -198,11 +238,13 @@ def dashboard_body(stage, functions=FUNCTIONS, queues=(), alarm_ids=()):
 
 # --- the whole of it ----------------------------------------------------------------------
 
-def add(template, stage, functions=FUNCTIONS, queues=None):
+def add(template, stage, functions=FUNCTIONS, queues=None, released=()):
     """Add the stage's monitoring to `template` (a merge template dict) and return it.
 
     `queues` are the dead-letter queues to watch; by default every SQS queue
-    in the template whose logical id ends with DeadLetterQueue.
+    in the template whose logical id ends with DeadLetterQueue. `released`:
+    the functions released through CodeDeploy, each with an alarm on its new
+    version's errors (see release_alarms).
     """
     settings = STAGES[stage]
     queues = dead_letter_queues(template) if queues is None else list(queues)
@@ -245,6 +287,7 @@ def add(template, stage, functions=FUNCTIONS, queues=None):
         'Properties': {'TopicArn': {'Ref': ALARM_TOPIC}, 'Protocol': 'email',
                        'Endpoint': {'Ref': ALARM_EMAIL}}}
     stage_alarms = alarms(stage, functions, queues)
+    stage_alarms.update(release_alarms(released)[0])
     resources.update(stage_alarms)
     resources[DASHBOARD] = {'Type': 'AWS::CloudWatch::Dashboard', 'Properties': {
         'DashboardName': {'Fn::Sub': '${AWS::StackName}'},

@@ -15,6 +15,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import release_template  # noqa: E402
 import resources  # noqa: E402 - deploy/ is not a package
 
 # The functions run python3.13 on arm64 (.chalice/config.json sets the
@@ -75,6 +76,14 @@ def main(argv=None):
     cmd = [chalice, '--project-dir', resources.ROOT, 'package', '--stage', args.stage,
            '--merge-template', os.path.abspath(merge), os.path.abspath(args.out)]
     subprocess.run(cmd, check=True, env=env)
+    # Chalice points the API, the authorizer and their invoke permissions at
+    # the bare functions ($LATEST); every invoker goes through the live alias.
+    sam = os.path.join(args.out, 'sam.json')
+    with open(sam) as f:
+        template = json.load(f)
+    with open(sam, 'w') as f:
+        json.dump(release_template.point_invokers_at_aliases(template), f, indent=2)
+        f.write('\n')
     print('packaged stage %s: %s' % (args.stage, os.path.join(args.out, 'sam.json')))
 
 

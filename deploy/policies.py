@@ -10,9 +10,10 @@ import json
 import sys
 
 # deploy/ is not a package: its modules import each other from its folder.
-from ids import (API_HANDLER, BUCKET, CHANGES_DEAD_LETTERS, EVENTS_DEAD_LETTERS,
-                 FUNCTIONS, IMPORT_UPLOAD, INGEST_QUEUE, PUBLISH_CHANGES, QUEUE, ROLES,
-                 SCHEDULED_EXPORT, TABLE, TOKEN_AUTHORIZER, TOPIC)
+from ids import (API_HANDLER, BUCKET, CHANGES_DEAD_LETTERS, CODEDEPLOY_APPLICATION,
+                 EVENTS_DEAD_LETTERS, IMPORT_UPLOAD, INGEST_QUEUE, LIVE_ALIAS,
+                 PRE_TRAFFIC_CHECK, PUBLISH_CHANGES, QUEUE, ROLES, SCHEDULED_EXPORT, TABLE,
+                 TOKEN_AUTHORIZER, TOPIC)
 
 ACCOUNT = 'arn:${AWS::Partition}:%s:${AWS::Region}:${AWS::AccountId}:%s'
 
@@ -129,7 +130,53 @@ def statements(function, stage):
     if function == SCHEDULED_EXPORT:
         return [_table(function), _objects('WriteExports', 's3:PutObject', 'exports/'),
                 _failed_events()]
+    if function == PRE_TRAFFIC_CHECK:
+        return hook_statements()
     raise KeyError(function)
+
+
+# The functions whose new versions the pre-traffic hook invokes before
+# CodeDeploy shifts traffic (chalicelib/release/pretraffic.py).
+HOOK_TARGETS = (API_HANDLER, TOKEN_AUTHORIZER)
+
+
+def hook_statements():
+    """The pre-traffic hook: invoke the new versions, then tell CodeDeploy."""
+    return [
+        # Any published version (or the alias) of the two functions it tests;
+        # never $LATEST, which the unqualified ARN would be.
+        _statement('InvokeNewVersions', ['lambda:InvokeFunction'],
+                   [_sub('${%s.Arn}:*' % f) for f in HOOK_TARGETS]),
+        # PutLifecycleEventHookExecutionStatus is authorized on the deployment
+        # group: only this stack's CodeDeploy application's groups.
+        _statement('ReportToCodeDeploy', ['codedeploy:PutLifecycleEventHookExecutionStatus'],
+                   _sub(ACCOUNT % ('codedeploy', 'deploymentgroup:${%s}/*'
+                                   % CODEDEPLOY_APPLICATION))),
+    ]
+
+
+def codedeploy_role_policy(functions, hook=True):
+    """What CodeDeploy does with its service role in this stack's deployments.
+
+    The AWS managed AWSCodeDeployRoleForLambda grants cloudwatch:DescribeAlarms,
+    lambda:GetAlias/UpdateAlias/GetProvisionedConcurrencyConfig and sns:Publish
+    on "*", S3 reads of CodeDeploy revisions, and lambda:InvokeFunction on any
+    function named CodeDeployHook_*. Here: the aliases of this stack's
+    functions only, this account's alarms, this stack's hook; no SNS (no
+    deployment triggers) and no S3 (CloudFormation hands CodeDeploy the
+    AppSpec itself).
+    """
+    aliases = [_sub('${%s.Arn}:%s' % (f, LIVE_ALIAS)) for f in functions]
+    statements = [
+        _statement('ShiftTheLiveAliases', ['lambda:GetAlias', 'lambda:UpdateAlias',
+                                           'lambda:GetProvisionedConcurrencyConfig'], aliases),
+        _statement('ReadTheRollbackAlarms', ['cloudwatch:DescribeAlarms'],
+                   _sub(ACCOUNT % ('cloudwatch', 'alarm:*'))),
+    ]
+    if hook:
+        statements.append(_statement('RunThePreTrafficHook', ['lambda:InvokeFunction'],
+                                     {'Fn::GetAtt': [PRE_TRAFFIC_CHECK, 'Arn']}))
+    return {'Version': '2012-10-17', 'Statement': statements}
 
 
 def policy(function, stage):
@@ -138,15 +185,19 @@ def policy(function, stage):
 
 
 def build(stage):
-    """{function logical id: its policy document} for `stage`."""
-    return {function: policy(function, stage) for function in FUNCTIONS}
+    """{function logical id: its policy document} for `stage` (the functions
+    that serve traffic and the pre-traffic hook)."""
+    return {function: policy(function, stage) for function in sorted(ROLES)}
 
 
-def role_overrides(stage):
-    """Merge-template entries replacing each Chalice role's policy with its own."""
+def role_overrides(stage, hook=True):
+    """Merge-template entries replacing each Chalice role's policy with its own
+    (the hook's only when app.py has the hook: a role override for a function
+    Chalice does not make would be a resource without a type)."""
     return {ROLES[function]: {'Properties': {'Policies': [{
         'PolicyName': '%sPolicy' % ROLES[function], 'PolicyDocument': document}]}}
-        for function, document in build(stage).items()}
+        for function, document in build(stage).items()
+        if hook or function != PRE_TRAFFIC_CHECK}
 
 
 def main(argv=None):

@@ -3,7 +3,10 @@
 `build(stage)` adds the table (from chalicelib/store/table.json), queues, bucket,
 topic, log groups and gateway responses, points Chalice's placeholders at them,
 sends what keeps failing to dead-letter queues, gives each role its own policy
-(deploy/policies.py) and adds monitoring (deploy/monitoring.py).
+(deploy/policies.py) and each function its reserved concurrency, adds monitoring
+(deploy/monitoring.py) with the alarm topic's own KMS key, and makes every
+queue, topic and the bucket refuse requests not made over TLS. Versions, the
+`live` alias, CodeDeploy's canaries and SnapStart come from release_template.py.
 
     python deploy/resources.py --stage prod > resources.json
 """
@@ -18,10 +21,12 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), ROOT]
 
 import monitoring  # noqa: E402 - deploy/ is not a package; log settings, alarms, dashboard
 import policies  # noqa: E402
+import release_template  # noqa: E402 - versions, the live alias, CodeDeploy, SnapStart
 from ids import (API_HANDLER, BUCKET, CHANGES_DEAD_LETTERS, EVENTS_DEAD_LETTERS,  # noqa: E402
-                 EXPORT_EVENT, EXPORT_RULE, FUNCTIONS, IMPORT_EVENT, IMPORT_RULE, IMPORT_UPLOAD,
-                 INGEST_EVENT, INGEST_QUEUE, PUBLISH_CHANGES, PUBLISH_EVENT, QUEUE, REST_API,
-                 SCHEDULED_EXPORT, TABLE, TOPIC)
+                 EXPORT_EVENT, EXPORT_RULE, FUNCTIONS, HOOK_HANDLER, IMPORT_EVENT, IMPORT_RULE,
+                 IMPORT_UPLOAD, INGEST_EVENT, INGEST_QUEUE, PRE_TRAFFIC_CHECK, PUBLISH_CHANGES,
+                 PUBLISH_EVENT, QUEUE, REST_API, SCHEDULED_EXPORT, TABLE, TOKEN_AUTHORIZER,
+                 TOPIC)
 from chalicelib.store import table  # noqa: E402
 
 # Settings that differ between stages. Throttling: requests per second
@@ -32,15 +37,33 @@ from chalicelib.store import table  # noqa: E402
 STAGES = {
     'dev': {'rate_limit': 50, 'burst_limit': 100, 'log_retention_days': 14,
             'protect_data': False, 'noncurrent_version_days': 7,
-            'report_days': 30, 'export_days': 14},
+            'report_days': 30, 'export_days': 14,
+            'reserved_concurrency': {
+                API_HANDLER: 10, TOKEN_AUTHORIZER: 5, INGEST_QUEUE: 2,
+                IMPORT_UPLOAD: 1, PUBLISH_CHANGES: 2, SCHEDULED_EXPORT: 1}},
     'prod': {'rate_limit': 500, 'burst_limit': 1000, 'log_retention_days': 365,
              'protect_data': True, 'noncurrent_version_days': 30,
-             'report_days': 365, 'export_days': 90},
+             'report_days': 365, 'export_days': 90,
+             'reserved_concurrency': {
+                 API_HANDLER: 100, TOKEN_AUTHORIZER: 50, INGEST_QUEUE: 10,
+                 IMPORT_UPLOAD: 2, PUBLISH_CHANGES: 10, SCHEDULED_EXPORT: 1}},
 }
+# Reserved concurrency (ReservedConcurrentExecutions), per function and stage:
+# each function is guaranteed that many concurrent runs and never takes more,
+# so a flood of reads cannot starve the event handlers (or another stack's
+# functions) and a burst of events cannot starve the API. The figures and why
+# are in docs/deployment.md ("Reserved concurrency", #reserved-concurrency).
+# The ingest queue's event source polls with at most as many concurrent runs
+# as the function may have (ScalingConfig.MaximumConcurrency, 2 at least), so
+# messages wait in the queue instead of being throttled towards its
+# dead-letter queue.
 
 # Our own resources that only this module names (the shared ids are in deploy/ids.py).
 DEAD_LETTERS = 'CarsIngestDeadLetterQueue'
 ACCESS_LOGS = 'ApiAccessLogs'
+# The customer managed key the alarm topic is encrypted with (see alarm_topic_key).
+ALARM_KEY = 'AlarmTopicKey'
+ALARM_KEY_ALIAS = 'AlarmTopicKeyAlias'
 
 ACCOUNT_ROLE_CONDITION = 'CreateApiGatewayAccountRole'
 # CORS conditions on the CorsOrigins parameter (see gateway_responses).
@@ -194,6 +217,13 @@ def api_paths():
     return sorted(app.routes)
 
 
+def has_pre_traffic_hook():
+    """Whether app.py defines the pre-traffic hook (ids.HOOK_HANDLER), which
+    Chalice then packages as ids.PRE_TRAFFIC_CHECK."""
+    from app import app
+    return any(f.name == HOOK_HANDLER for f in app.pure_lambda_functions)
+
+
 def any_method_fallbacks(paths):
     # API Gateway answers a known path with an unknown method as it answers an
     # unknown path (403, "Missing Authentication Token"). An ANY method on each
@@ -204,8 +234,10 @@ def any_method_fallbacks(paths):
         'httpMethod': 'POST',
         'passthroughBehavior': 'when_no_match',
         'contentHandling': 'CONVERT_TO_TEXT',
+        # Through the live alias, as every route (release_template.py).
         'uri': _sub('arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/'
-                    '2015-03-31/functions/${%s.Arn}/invocations' % API_HANDLER),
+                    '2015-03-31/functions/%s/invocations'
+                    % release_template.alias_sub(API_HANDLER)),
     }
     method = {
         'responses': {'405': {'description': 'method not allowed'}},
@@ -226,6 +258,112 @@ ACCESS_LOG_FORMAT = json.dumps({
 }, separators=(',', ':'))[:-1] + ',"error":$context.error.messageString}'
 
 
+def _deny_plain_http(action, resource):
+    """The statement refusing requests not made over TLS (as the bucket's policy)."""
+    return {'Sid': 'DenyPlainHttp', 'Effect': 'Deny', 'Principal': '*',
+            'Action': action, 'Resource': resource,
+            'Condition': {'Bool': {'aws:SecureTransport': 'false'}}}
+
+
+def _queue_policy(queue, *statements):
+    # A queue has one policy: a second QueuePolicy on it would replace the first.
+    return {'Type': 'AWS::SQS::QueuePolicy', 'Properties': {
+        'Queues': [{'Ref': queue}],
+        'PolicyDocument': {'Version': '2012-10-17', 'Statement': [
+            _deny_plain_http('sqs:*', _arn(queue))] + list(statements)},
+    }}
+
+
+def _topic_policy(topic, *statements):
+    # SNS documents the Deny on sns:Publish ("Enforce encryption of data in
+    # transit"). Within the account, roles need no Allow here: their own
+    # policies grant what they do (PublishChanges's sns:Publish).
+    return {'Type': 'AWS::SNS::TopicPolicy', 'Properties': {
+        'Topics': [{'Ref': topic}],
+        'PolicyDocument': {'Version': '2012-10-17', 'Statement': [
+            _deny_plain_http('sns:Publish', {'Ref': topic})] + list(statements)},
+    }}
+
+
+def tls_only_policies():
+    """Every queue and topic refuses requests not made over TLS; the events
+    dead-letter queue's policy (dead_letter_queues) carries the same Deny."""
+    return {
+        'CarsIngestQueueTlsOnly': _queue_policy(QUEUE),
+        'CarsIngestDeadLetterQueueTlsOnly': _queue_policy(DEAD_LETTERS),
+        'CarsChangesDeadLetterQueueTlsOnly': _queue_policy(CHANGES_DEAD_LETTERS),
+        'CarsChangesTopicTlsOnly': _topic_policy(TOPIC),
+        'AlarmTopicTlsOnly': _topic_policy(
+            monitoring.ALARM_TOPIC,
+            # Replacing SNS's default topic policy takes away what let
+            # CloudWatch publish: the alarms of this account may, and only they.
+            {'Sid': 'AlarmsOfThisAccount', 'Effect': 'Allow',
+             'Principal': {'Service': 'cloudwatch.amazonaws.com'},
+             'Action': 'sns:Publish', 'Resource': {'Ref': monitoring.ALARM_TOPIC},
+             'Condition': {
+                 'ArnLike': {'aws:SourceArn': _sub(
+                     'arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:'
+                     'alarm:*')},
+                 'StringEquals': {'aws:SourceAccount': {'Ref': 'AWS::AccountId'}}}}),
+    }
+
+
+def alarm_topic_key():
+    """A customer managed KMS key for the alarm topic, which CloudWatch may use.
+
+    CloudWatch cannot publish to a topic under the AWS managed SNS key
+    (alias/aws/sns, the events topic's): that key's policy cannot be changed to
+    let cloudwatch.amazonaws.com use it. AWS's answer is a customer managed key
+    whose policy does; the account keeps administering it through IAM.
+    """
+    return {
+        ALARM_KEY: {
+            'Type': 'AWS::KMS::Key',
+            'DeletionPolicy': 'Delete', 'UpdateReplacePolicy': 'Delete',
+            'Properties': {
+                'Description': _sub('${AWS::StackName}: encrypts the alarm topic'),
+                'EnableKeyRotation': True,
+                'PendingWindowInDays': 7,
+                'KeyPolicy': {'Version': '2012-10-17', 'Statement': [
+                    {'Sid': 'AccountAdministersThroughIam', 'Effect': 'Allow',
+                     'Principal': {'AWS': _sub(
+                         'arn:${AWS::Partition}:iam::${AWS::AccountId}:root')},
+                     'Action': 'kms:*', 'Resource': '*'},
+                    {'Sid': 'CloudWatchAlarmsPublish', 'Effect': 'Allow',
+                     'Principal': {'Service': 'cloudwatch.amazonaws.com'},
+                     'Action': ['kms:Decrypt', 'kms:GenerateDataKey*'], 'Resource': '*'},
+                ]},
+            },
+        },
+        ALARM_KEY_ALIAS: {
+            'Type': 'AWS::KMS::Alias',
+            'Properties': {'AliasName': _sub('alias/${AWS::StackName}-alarms'),
+                           'TargetKeyId': {'Ref': ALARM_KEY}},
+        },
+    }
+
+
+def _merge(into, extra):
+    """Deep-merge dict `extra` into `into` (later overrides of one logical id)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def reserved_concurrency(settings):
+    """Overrides of Chalice's functions: each one's reserved concurrency."""
+    figures = settings['reserved_concurrency']
+    assert sorted(figures) == sorted(FUNCTIONS), 'a figure for every function'
+    out = {function: {'Properties': {'ReservedConcurrentExecutions': n}}
+           for function, n in figures.items()}
+    out[INGEST_QUEUE]['Properties']['Events'] = {INGEST_EVENT: {'Properties': {
+        'ScalingConfig': {'MaximumConcurrency': max(2, figures[INGEST_QUEUE])}}}}
+    return out
+
+
 def _queue(**properties):
     return {'Type': 'AWS::SQS::Queue',
             'Properties': dict({'MessageRetentionPeriod': 14 * 24 * 3600,
@@ -244,13 +382,15 @@ def dead_letter_queues():
             'Type': 'AWS::SQS::QueuePolicy',
             'Properties': {
                 'Queues': [{'Ref': EVENTS_DEAD_LETTERS}],
-                'PolicyDocument': {'Version': '2012-10-17', 'Statement': [{
-                    'Sid': 'UndeliveredRuleEvents', 'Effect': 'Allow',
-                    'Principal': {'Service': 'events.amazonaws.com'},
-                    'Action': 'sqs:SendMessage', 'Resource': _arn(EVENTS_DEAD_LETTERS),
-                    'Condition': {'ArnEquals': {'aws:SourceArn': [
-                        _arn(IMPORT_RULE), _arn(EXPORT_RULE)]}},
-                }]},
+                'PolicyDocument': {'Version': '2012-10-17', 'Statement': [
+                    # The queue's only policy, so the TLS-only Deny is here too.
+                    _deny_plain_http('sqs:*', _arn(EVENTS_DEAD_LETTERS)),
+                    {'Sid': 'UndeliveredRuleEvents', 'Effect': 'Allow',
+                     'Principal': {'Service': 'events.amazonaws.com'},
+                     'Action': 'sqs:SendMessage', 'Resource': _arn(EVENTS_DEAD_LETTERS),
+                     'Condition': {'ArnEquals': {'aws:SourceArn': [
+                         _arn(IMPORT_RULE), _arn(EXPORT_RULE)]}}},
+                ]},
             },
         },
     }
@@ -316,7 +456,7 @@ def account_logging_role():
     }
 
 
-def function_log_groups(settings):
+def function_log_groups(settings, functions=FUNCTIONS):
     # Lambda would create /aws/lambda/<name> itself, without a retention, if
     # the role allowed logs:CreateLogGroup (it does not, see policies.py).
     return {'%sLogGroup' % function: {
@@ -324,7 +464,7 @@ def function_log_groups(settings):
         'DeletionPolicy': 'Delete', 'UpdateReplacePolicy': 'Delete',
         'Properties': {'LogGroupName': _sub('/aws/lambda/${%s}' % function),
                        'RetentionInDays': settings['log_retention_days']},
-    } for function in FUNCTIONS}
+    } for function in functions}
 
 
 def _events(function, event, properties, **function_properties):
@@ -385,9 +525,12 @@ def rest_api(settings, paths):
     }}
 
 
-def build(stage, paths=None):
-    """The merge template for `stage` (`paths`: the API's routes, default app.py's)."""
+def build(stage, paths=None, hook=None):
+    """The merge template for `stage` (`paths`: the API's routes, default app.py's;
+    `hook`: whether app.py has the pre-traffic hook, default: look)."""
     settings = STAGES[stage]
+    hook = has_pre_traffic_hook() if hook is None else hook
+    deployed = FUNCTIONS + ([PRE_TRAFFIC_CHECK] if hook else [])
     keep = settings['protect_data']
     retain = {'DeletionPolicy': 'Retain', 'UpdateReplacePolicy': 'Retain'} if keep else {
         'DeletionPolicy': 'Delete', 'UpdateReplacePolicy': 'Delete'}
@@ -426,10 +569,11 @@ def build(stage, paths=None):
     }
     resources.update(dead_letter_queues())
     resources.update(account_logging_role())
-    resources.update(function_log_groups(settings))
+    resources.update(function_log_groups(settings, deployed))
     # --- overrides of Chalice's own resources (merged by logical id) ---
-    resources.update(policies.role_overrides(stage))
+    resources.update(policies.role_overrides(stage, hook))
     resources.update(event_sources())
+    _merge(resources, reserved_concurrency(settings))
     resources.update(rest_api(settings, paths))
     template = {
         'Parameters': {
@@ -471,7 +615,20 @@ def build(stage, paths=None):
             'AuthTokensParameter': {'Value': auth_parameter_name(stage)},
         },
     }
-    return monitoring.add(template, stage)
+    template = monitoring.add(template, stage, functions=deployed, released=FUNCTIONS)
+    # Versions, the live alias and CodeDeploy's canary on every function that
+    # serves traffic; SnapStart in prod (release_template.py).
+    resources = template['Resources']
+    _merge(resources, release_template.function_overrides(
+        stage, monitoring.release_alarms(FUNCTIONS)[1], hook))
+    resources.update(release_template.codedeploy_role(hook))
+    # The alarm topic (deploy/monitoring.py) under its own key, and every
+    # queue and topic TLS-only.
+    resources = template['Resources']
+    resources[monitoring.ALARM_TOPIC]['Properties']['KmsMasterKeyId'] = {'Ref': ALARM_KEY}
+    resources.update(alarm_topic_key())
+    resources.update(tls_only_policies())
+    return template
 
 
 def main(argv=None):

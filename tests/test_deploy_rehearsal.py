@@ -519,19 +519,26 @@ def test_the_stack_holds_the_table_queues_bucket_topic_and_functions(deploy, emu
     resources = emulator.client('cloudformation').describe_stack_resources(
         StackName=deploy.stack)['StackResources']
     # Every resource of the template moto was given exists: none was skipped.
-    with open(os.path.join(deploy.out, 'packaged.json')) as f:
-        built = emulated(f.read(), PROFILE_REGION)
+    # (The stack's own template: packaged.json is rewritten by the other
+    # tests' deploys, and the S3 key of the code, their stack's prefix, is in
+    # the hash SAM names each function's version by.)
+    body = emulator.client('cloudformation').get_template(StackName=deploy.stack)[
+        'TemplateBody']
+    built = emulated(body if isinstance(body, str) else json.dumps(body), PROFILE_REGION)
     # Resources under a Condition (the account-wide logging role is opt-in)
     # exist only when it holds; with the defaults it does not. A wait-condition
     # handle is no AWS resource: moto lists it without a logical id.
     expected = {k for k, v in built['Resources'].items() if 'Condition' not in v
                 and v['Type'] != 'AWS::CloudFormation::WaitConditionHandle'}
-    resources = [r for r in resources if r.get('LogicalResourceId')]
+    resources = [r for r in resources if r.get('LogicalResourceId')
+                 and not _retained_version_moto_still_lists(r, expected)]
     assert {r['LogicalResourceId'] for r in resources} == expected
     # moto's Lambda permission has no id of its own: it is checked in the
-    # function's policy below.
+    # function's policy below; nor has its Lambda version (checked through the
+    # Lambda API, test_every_function_has_a_version_...).
     assert [r for r in resources if not r.get('PhysicalResourceId')
-            and r['ResourceType'] != 'AWS::Lambda::Permission'] == []
+            and r['ResourceType'] not in ('AWS::Lambda::Permission',
+                                          'AWS::Lambda::Version')] == []
     functions = {r['LogicalResourceId']: r['PhysicalResourceId'] for r in resources
                  if r['ResourceType'] == 'AWS::Lambda::Function'}
     assert set(ids.FUNCTIONS) <= set(functions)
@@ -540,8 +547,10 @@ def test_the_stack_holds_the_table_queues_bucket_topic_and_functions(deploy, emu
         config = lam.get_function_configuration(FunctionName=name)
         assert config['Runtime'] == 'python3.13'
         assert config['Environment']['Variables']['CARS_TABLE'] == outputs['CarsTableName']
-    policy = lam.get_policy(FunctionName=functions[ids.API_HANDLER])['Policy']
-    assert 'apigateway.amazonaws.com' in policy
+    # API Gateway's permission is on the live alias, which moto cannot build
+    # (no-moto-model): it is checked in the processed template instead.
+    assert processed_permission(deploy, ids.API_HANDLER)['Principal'] == \
+        'apigateway.amazonaws.com'
 
 
 def test_a_second_make_deploy_updates_the_stack(deploy, emulator):
@@ -668,3 +677,103 @@ def test_the_emulator_refuses_a_reference_to_a_missing_resource(deploy, emulator
             TemplateURL=url, Capabilities=['CAPABILITY_IAM', 'CAPABILITY_AUTO_EXPAND'])
     assert 'Unresolved resource dependencies' in refused.value.response['Error']['Message']
     assert 'NoSuchResource' in refused.value.response['Error']['Message']
+
+
+# --- releases: versions, the live alias, CodeDeploy (deploy/release_template.py) ----
+# moto has no CloudFormation model for AWS::Lambda::Alias or AWS::CodeDeploy::*
+# (the no-moto-model filter drops them; dangling-after-filters then drops what
+# invokes an alias: the event source mappings, the rules' permissions). It does
+# build AWS::Lambda::Version, and keeps listing a version a later template no
+# longer has (CloudFormation removes it from the stack and, DeletionPolicy
+# Retain, keeps the version itself): a moto bug worked around here.
+
+def _retained_version_moto_still_lists(resource, expected):
+    """A Lambda version of an earlier deploy, replaced by this template's own
+    version of the same function (SAM's `<Function>Version<hash>`)."""
+    logical_id = resource['LogicalResourceId']
+    if resource['ResourceType'] != 'AWS::Lambda::Version' or logical_id in expected:
+        return False
+    function = re.sub(r'Version[0-9a-f]{10}$', '', logical_id)
+    return any(re.fullmatch(r'%sVersion[0-9a-f]{10}' % re.escape(function), e)
+               for e in expected)
+
+
+def test_every_function_has_a_version_and_a_changed_configuration_publishes_another(
+        deploy, emulator):
+    resources = emulator.client('cloudformation').describe_stack_resources(
+        StackName=deploy.stack)['StackResources']
+    functions = {r['LogicalResourceId']: r['PhysicalResourceId'] for r in resources
+                 if r.get('ResourceType') == 'AWS::Lambda::Function'}
+    lam = emulator.client('lambda')
+    for function in ids.FUNCTIONS:
+        published = [v['Version'] for v in lam.list_versions_by_function(
+            FunctionName=functions[function])['Versions'] if v['Version'] != '$LATEST']
+        # The create published one. (The update, new CORS origins, is a new
+        # AWS::Lambda::Version resource too, AutoPublishAliasAllProperties, but
+        # moto's PublishVersion publishes only for new code, where Lambda also
+        # publishes for a new configuration: not checked here.)
+        assert published[:1] == ['1'], (function, published)
+
+
+def test_make_deploy_reports_how_the_release_ended(deploy):
+    # moto's stack has no CodeDeploy application (filtered out): nothing to wait for.
+    for result in (deploy.created, deploy.updated, deploy.unchanged):
+        assert 'release: stack %s has no CodeDeploy application' % deploy.stack \
+            in result.stdout, _ran(result)
+
+
+def test_the_processed_template_has_what_moto_cannot_build(deploy):
+    """What the filters take out for moto is in the template CloudFormation gets."""
+    with open(os.path.join(deploy.out, 'packaged.json')) as f:
+        shipped = processed(f.read(), PROFILE_REGION)
+    types = {r['Type'] for r in shipped['Resources'].values()}
+    assert {'AWS::Lambda::Alias', 'AWS::CodeDeploy::Application',
+            'AWS::CodeDeploy::DeploymentGroup'} <= types
+    removed = {k for touched in FILTERED[deploy.stack].values() for k in touched}
+    assert {ids.alias_resource(f) for f in ids.FUNCTIONS} <= removed
+    assert {ids.deployment_group(f) for f in ids.FUNCTIONS} <= removed
+    # The hook's role may report to this stack's CodeDeploy application only,
+    # so without the application moto builds neither the role nor the hook.
+    assert {ids.PRE_TRAFFIC_CHECK, ids.ROLES[ids.PRE_TRAFFIC_CHECK]} <= set(
+        FILTERED[deploy.stack]['dangling-after-filters'])
+
+
+def processed_permission(deploy, function):
+    """The properties of the permission that lets API Gateway invoke
+    `function`, in the template CloudFormation processes: on its live alias."""
+    with open(os.path.join(deploy.out, 'packaged.json')) as f:
+        shipped = processed(f.read(), PROFILE_REGION)
+    res = shipped['Resources']
+    (permission,) = [r['Properties'] for r in res.values()
+                     if r['Type'] == 'AWS::Lambda::Permission'
+                     and r['Properties']['FunctionName'] == {
+                         'Ref': ids.alias_resource(function)}
+                     and r['Properties']['Principal'] == 'apigateway.amazonaws.com']
+    assert res[ids.alias_resource(function)]['Type'] == 'AWS::Lambda::Alias'
+    return permission
+
+
+def test_make_rollback_moves_the_live_alias_back_one_version(deploy, emulator):
+    """`make rollback` as an operator runs it (region from the profile). moto's
+    stack has no alias (no-moto-model), so the test makes one: a second version
+    of the API function, the alias on it."""
+    import io
+    import zipfile
+    resources = emulator.client('cloudformation').describe_stack_resources(
+        StackName=deploy.stack)['StackResources']
+    (api,) = [r['PhysicalResourceId'] for r in resources
+              if r.get('LogicalResourceId') == ids.API_HANDLER]
+    lam = emulator.client('lambda')
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w') as z:
+        z.writestr('app.py', '# a newer release')
+    lam.update_function_code(FunctionName=api, ZipFile=buffer.getvalue())
+    newer = lam.publish_version(FunctionName=api)['Version']
+    lam.create_alias(FunctionName=api, Name=ids.LIVE_ALIAS, FunctionVersion=newer)
+    result = emulator.make('rollback', 'STAGE=%s' % deploy.stage,
+                           'ROLLBACK_ARGS=--only %s' % ids.API_HANDLER)
+    assert result.returncode == 0, _ran(result)
+    assert 'in region %s' % PROFILE_REGION in result.stdout
+    before = str(int(newer) - 1)
+    assert '%s: live %s -> %s' % (ids.API_HANDLER, newer, before) in result.stdout
+    assert lam.get_alias(FunctionName=api, Name=ids.LIVE_ALIAS)['FunctionVersion'] == before

@@ -99,6 +99,10 @@ def test_the_stream_consumer_and_the_table_are_watched(templates, stage):
                    for m in of_type(cfn, 'AWS::Lambda::EventSourceMapping').values()
                    if m['Properties']['EventSourceArn'] == {
                        'Fn::GetAtt': [ids.TABLE, 'StreamArn']}]
+    resources = cfn['Resources']
+    if resources[consumer]['Type'] == 'AWS::Lambda::Alias':
+        # The mapping invokes the live alias; the metric is the function's.
+        consumer = resources[consumer]['Properties']['FunctionName']['Ref']
     ages = alarms_on(cfn, 'AWS/Lambda', 'IteratorAge')
     assert [d['FunctionName']['Ref'] for d in ages.values()] == [consumer]
     throttles = cfn['Resources']['TableThrottlesAlarm']['Properties']['Metrics']

@@ -110,7 +110,8 @@ def test_stages_allow_the_same_actions():
 
 
 def test_every_function_has_a_role_chalice_makes():
-    assert set(policies.build('prod')) == set(ids.FUNCTIONS) == set(ids.ROLES)
+    assert set(policies.build('prod')) == set(ids.FUNCTIONS) | {ids.PRE_TRAFFIC_CHECK} == \
+        set(ids.ROLES)
     overrides = policies.role_overrides('prod')
     assert set(overrides) == set(ids.ROLES.values())
 
@@ -222,3 +223,59 @@ def test_the_authorizer_reads_the_stages_tokens_from_ssm(monkeypatch):
     assert allowed['principalId'] == auth.PRINCIPAL
     assert allowed['policyDocument']['Statement'][0]['Effect'] == 'Allow'
     assert denied['principalId'] != auth.PRINCIPAL
+
+
+# --- the pre-traffic hook's role (deploy/policies.py hook_statements) -------------
+# The runtime's sandbox test records the hook's calls as the function
+# PreTrafficCheck; check_policy holds its role to them like any other.
+
+HOOK_CALLS = [call(ids.PRE_TRAFFIC_CHECK, 'codedeploy', 'PutLifecycleEventHookExecutionStatus'),
+              call(ids.PRE_TRAFFIC_CHECK, 'lambda', 'Invoke')]
+
+
+@pytest.mark.parametrize('stage', STAGES)
+def test_the_hooks_recorded_calls_are_allowed_and_nothing_more(stage):
+    found = check_policy.check(HOOK_CALLS, stage)
+    assert not [f for f in found if f.startswith('%s %s ' % (stage, ids.PRE_TRAFFIC_CHECK))]
+    assert check_policy.problems(HOOK_CALLS, document(ids.PRE_TRAFFIC_CHECK, stage)) == []
+    assert check_policy.extras(HOOK_CALLS, document(ids.PRE_TRAFFIC_CHECK, stage),
+                               check_policy.platform_actions(ids.PRE_TRAFFIC_CHECK)) == []
+
+
+def test_the_hook_may_not_move_aliases_or_touch_the_data():
+    found = check_policy.check([call(ids.PRE_TRAFFIC_CHECK, 'lambda', 'UpdateAlias'),
+                                call(ids.PRE_TRAFFIC_CHECK, 'dynamodb', 'PutItem')], 'prod')
+    assert 'prod PreTrafficCheck does not allow lambda:UpdateAlias (for lambda.UpdateAlias)' \
+        in found
+    assert 'prod PreTrafficCheck does not allow dynamodb:PutItem (for dynamodb.PutItem)' \
+        in found
+    # Without recorded calls its grants are extra: the check is both ways.
+    found = check_policy.check([], 'prod')
+    assert 'prod PreTrafficCheck allows lambda:InvokeFunction, which nothing it runs needs' \
+        in found
+
+
+@pytest.mark.parametrize('stage', STAGES)
+def test_the_hook_invokes_versions_of_the_api_and_the_authorizer_never_latest(stage):
+    (invoke,) = [s for s in statements(stage, ids.PRE_TRAFFIC_CHECK)
+                 if 'lambda:InvokeFunction' in s['Action']]
+    # ...:function:<name>:* matches a qualifier only: never the unqualified ARN.
+    assert invoke['Resource'] == [{'Fn::Sub': '${%s.Arn}:*' % ids.API_HANDLER},
+                                  {'Fn::Sub': '${%s.Arn}:*' % ids.TOKEN_AUTHORIZER}]
+    (report,) = [s for s in statements(stage, ids.PRE_TRAFFIC_CHECK)
+                 if 'codedeploy:PutLifecycleEventHookExecutionStatus' in s['Action']]
+    assert report['Resource'] == {'Fn::Sub': 'arn:${AWS::Partition}:codedeploy:${AWS::Region}:'
+                                  '${AWS::AccountId}:deploymentgroup:'
+                                  '${ServerlessDeploymentApplication}/*'}
+
+
+def test_codedeploys_role_is_narrower_than_the_managed_policy():
+    # AWSCodeDeployRoleForLambda: DescribeAlarms, Get/UpdateAlias,
+    # GetProvisionedConcurrencyConfig and sns:Publish on "*", S3 reads,
+    # InvokeFunction on CodeDeployHook_*; here no "*", no SNS, no S3.
+    document_ = policies.codedeploy_role_policy(ids.FUNCTIONS)
+    for statement in document_['Statement']:
+        assert statement['Resource'] != '*'
+        assert not any(a.startswith(('sns:', 's3:')) for a in statement['Action'])
+    without_hook = policies.codedeploy_role_policy(ids.FUNCTIONS, hook=False)
+    assert 'lambda:InvokeFunction' not in json.dumps(without_hook)

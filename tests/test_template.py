@@ -92,7 +92,8 @@ def test_ingest_queue_sends_what_keeps_failing_to_the_dead_letter_queue(packaged
     queue = packaged['prod']['Resources'][ids.QUEUE]['Properties']
     assert queue['RedrivePolicy']['deadLetterTargetArn'] == {
         'Fn::GetAtt': [resources.DEAD_LETTERS, 'Arn']}
-    assert queue['RedrivePolicy']['maxReceiveCount'] >= 2
+    # docs/deployment.md: "a dead-letter queue after 5 receives".
+    assert queue['RedrivePolicy']['maxReceiveCount'] == 5
     # Lambda refuses a mapping whose queue hides messages for less than the
     # function may run.
     assert queue['VisibilityTimeout'] >= packaged['prod']['Resources'][
@@ -160,12 +161,116 @@ def test_unknown_methods_on_known_paths_reach_the_app_for_a_405(packaged):
         assert 'x-amazon-apigateway-any-method' in methods, path
 
 
-def test_stage_is_throttled_and_access_logged(packaged):
+# Stage throttling as docs/deployment.md ("What the stack holds") states it:
+# dev 50 requests a second, burst 100; prod 500, burst 1000.
+THROTTLING = {'dev': (50, 100), 'prod': (500, 1000)}
+
+
+def test_stage_is_throttled_as_documented_and_access_logged(packaged):
+    assert set(packaged) == set(THROTTLING)
     for stage, template in packaged.items():
         api = template['Resources'][ids.REST_API]['Properties']
         settings = api['MethodSettings'][0]
-        assert settings['ThrottlingRateLimit'] == resources.STAGES[stage]['rate_limit']
-        assert settings['ThrottlingBurstLimit'] == resources.STAGES[stage]['burst_limit']
+        assert (settings['ThrottlingRateLimit'], settings['ThrottlingBurstLimit']) == \
+            THROTTLING[stage], stage
         assert api['AccessLogSetting']['DestinationArn'] == {
             'Fn::GetAtt': [resources.ACCESS_LOGS, 'Arn']}
         assert 'EndpointURL' in template['Outputs']
+
+
+# --- TLS-only queues and topics, the alarm topic's key, reserved concurrency --------
+
+TLS_ONLY = {'Bool': {'aws:SecureTransport': 'false'}}
+
+
+def _policies_on(resources_, kind, target_key, logical_id):
+    return [r['Properties']['PolicyDocument'] for r in resources_.values()
+            if r['Type'] == kind and {'Ref': logical_id} in r['Properties'][target_key]]
+
+
+def test_every_queue_and_topic_refuses_requests_not_made_over_tls(packaged):
+    for stage, template in packaged.items():
+        res = template['Resources']
+        queues = sorted(k for k, r in res.items() if r['Type'] == 'AWS::SQS::Queue')
+        assert queues == sorted([ids.QUEUE, resources.DEAD_LETTERS, ids.EVENTS_DEAD_LETTERS,
+                                 ids.CHANGES_DEAD_LETTERS])
+        for queue in queues:
+            # One policy a queue: a second QueuePolicy would replace the first.
+            document, = _policies_on(res, 'AWS::SQS::QueuePolicy', 'Queues', queue)
+            deny, = [s for s in document['Statement'] if s['Effect'] == 'Deny']
+            assert deny == {'Sid': 'DenyPlainHttp', 'Effect': 'Deny', 'Principal': '*',
+                            'Action': 'sqs:*', 'Resource': {'Fn::GetAtt': [queue, 'Arn']},
+                            'Condition': TLS_ONLY}, (stage, queue)
+        topics = sorted(k for k, r in res.items() if r['Type'] == 'AWS::SNS::Topic')
+        assert topics == sorted([ids.TOPIC, 'AlarmTopic'])
+        for topic in topics:
+            document, = _policies_on(res, 'AWS::SNS::TopicPolicy', 'Topics', topic)
+            deny, = [s for s in document['Statement'] if s['Effect'] == 'Deny']
+            assert deny == {'Sid': 'DenyPlainHttp', 'Effect': 'Deny', 'Principal': '*',
+                            'Action': 'sns:Publish', 'Resource': {'Ref': topic},
+                            'Condition': TLS_ONLY}, (stage, topic)
+        # EventBridge still reaches the events dead-letter queue.
+        document, = _policies_on(res, 'AWS::SQS::QueuePolicy', 'Queues',
+                                 ids.EVENTS_DEAD_LETTERS)
+        assert any(s['Effect'] == 'Allow' and s['Principal'] == {
+            'Service': 'events.amazonaws.com'} for s in document['Statement'])
+
+
+def test_the_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(packaged):
+    for stage, template in packaged.items():
+        res = template['Resources']
+        # The events topic keeps the AWS managed SNS key: its publisher is our role.
+        assert res[ids.TOPIC]['Properties']['KmsMasterKeyId'] == 'alias/aws/sns'
+        # CloudWatch cannot use the AWS managed key: the alarm topic has its own.
+        assert res['AlarmTopic']['Properties']['KmsMasterKeyId'] == {
+            'Ref': resources.ALARM_KEY}
+        key = res[resources.ALARM_KEY]
+        assert key['Type'] == 'AWS::KMS::Key'
+        assert key['Properties']['EnableKeyRotation'] is True
+        statements = key['Properties']['KeyPolicy']['Statement']
+        cloudwatch, = [s for s in statements
+                       if s['Principal'] == {'Service': 'cloudwatch.amazonaws.com'}]
+        assert cloudwatch['Effect'] == 'Allow'
+        assert sorted(cloudwatch['Action']) == ['kms:Decrypt', 'kms:GenerateDataKey*']
+        # The account keeps administering the key (without it, no one could).
+        assert any(s['Principal'] == {'AWS': {'Fn::Sub': (
+            'arn:${AWS::Partition}:iam::${AWS::AccountId}:root')}} and s['Action'] == 'kms:*'
+            for s in statements)
+        alias = res[resources.ALARM_KEY_ALIAS]
+        assert alias['Type'] == 'AWS::KMS::Alias'
+        assert alias['Properties']['TargetKeyId'] == {'Ref': resources.ALARM_KEY}
+        # Replacing SNS's default topic policy must still let this account's alarms publish.
+        document, = _policies_on(res, 'AWS::SNS::TopicPolicy', 'Topics', 'AlarmTopic')
+        allow, = [s for s in document['Statement'] if s['Effect'] == 'Allow']
+        assert allow['Principal'] == {'Service': 'cloudwatch.amazonaws.com'}
+        assert allow['Action'] == 'sns:Publish'
+        assert allow['Condition']['StringEquals'] == {
+            'aws:SourceAccount': {'Ref': 'AWS::AccountId'}}
+
+
+# Reserved concurrency as docs/deployment.md ("Reserved concurrency") states it.
+RESERVED_CONCURRENCY = {
+    'dev': {'APIHandler': 10, 'TokenAuthorizer': 5, 'IngestQueue': 2,
+            'ImportUpload': 1, 'PublishChanges': 2, 'ScheduledExport': 1},
+    'prod': {'APIHandler': 100, 'TokenAuthorizer': 50, 'IngestQueue': 10,
+             'ImportUpload': 2, 'PublishChanges': 10, 'ScheduledExport': 1},
+}
+
+
+def test_every_function_has_the_documented_reserved_concurrency(packaged):
+    assert set(packaged) == set(RESERVED_CONCURRENCY)
+    for stage, template in packaged.items():
+        res = template['Resources']
+        functions = {k: r['Properties'] for k, r in res.items()
+                     if r['Type'] == 'AWS::Serverless::Function'
+                     and k != ids.PRE_TRAFFIC_CHECK}  # the hook serves no traffic
+        assert {k: p.get('ReservedConcurrentExecutions') for k, p in functions.items()} == \
+            RESERVED_CONCURRENCY[stage], stage
+        # The ingest queue is polled no faster than its function may run, so
+        # messages wait in the queue rather than being throttled towards its
+        # dead-letter queue.
+        sqs = functions[ids.INGEST_QUEUE]['Events'][ids.INGEST_EVENT]['Properties']
+        assert sqs['ScalingConfig'] == {
+            'MaximumConcurrency': RESERVED_CONCURRENCY[stage]['IngestQueue']}
+        # The account keeps 100 unreserved; the stage's total is what docs/deployment.md says.
+        assert sum(RESERVED_CONCURRENCY[stage].values()) == {'dev': 21, 'prod': 173}[stage]

@@ -36,7 +36,10 @@ def of_type(template, kind):
 
 
 def functions(template):
-    return of_type(template, 'AWS::Lambda::Function')
+    # The functions that serve traffic; the pre-traffic hook is checked apart
+    # (test_the_pre_traffic_hook_*, at the end).
+    return {k: v for k, v in of_type(template, 'AWS::Lambda::Function').items()
+            if k != ids.PRE_TRAFFIC_CHECK}
 
 
 def each_stage(stacks):
@@ -189,7 +192,7 @@ def test_every_asynchronous_event_source_has_somewhere_for_failures_to_go(stacks
                            and {'Fn::GetAtt': [name, 'Arn']} in
                            s['Condition']['ArnEquals']['aws:SourceArn'] for s in allowed)
                 # The function runs asynchronously: what fails every try goes too.
-                function = res[target['Arn']['Fn::GetAtt'][0]]['Properties']
+                function = res[_function_of(target['Arn'], template)]['Properties']
                 _queue_arn_target(function['DeadLetterConfig']['TargetArn'], template)
 
 
@@ -209,7 +212,8 @@ def test_every_queues_visibility_timeout_is_six_times_its_consumers(stacks):
             if _arn_of(source, 'StreamArn'):
                 continue
             queue = res[_queue_arn_target(source, template)]['Properties']
-            consumer = res[mapping['Properties']['FunctionName']['Ref']]['Properties']
+            consumer = res[_function_of(mapping['Properties']['FunctionName'],
+                                        template)]['Properties']
             assert queue['VisibilityTimeout'] >= 6 * consumer['Timeout'], (stage, name)
             checked += 1
         assert checked == 1  # the ingest queue
@@ -233,9 +237,21 @@ def test_each_function_has_its_own_role_allowing_what_policies_py_says(stacks):
         assert not of_type(template, 'AWS::IAM::Policy')
 
 
-def test_every_log_group_has_the_stages_retention(stacks):
+# The per-stage figures as docs/deployment.md ("What the stack holds") states them,
+# written out here rather than read from resources.STAGES, which builds the template.
+LOG_RETENTION_DAYS = {'dev': 14, 'prod': 365}
+# Old versions of overwritten or deleted objects, import reports, daily exports.
+NONCURRENT_VERSION_DAYS = {'dev': 7, 'prod': 30}
+EXPIRATION_DAYS = {'dev': {'reports/': 30, 'exports/': 14},
+                   'prod': {'reports/': 365, 'exports/': 90}}
+# "unfinished multipart uploads after a day"
+MULTIPART_UPLOAD_DAYS = 1
+
+
+def test_every_log_group_has_the_documented_retention(stacks):
+    assert STAGES == sorted(LOG_RETENTION_DAYS)
     for stage, template in each_stage(stacks):
-        retention = resources.STAGES[stage]['log_retention_days']
+        retention = LOG_RETENTION_DAYS[stage]
         groups = of_type(template, 'AWS::Logs::LogGroup')
         for name, group in groups.items():
             assert group['Properties']['RetentionInDays'] == retention, (stage, name)
@@ -248,19 +264,22 @@ def test_every_log_group_has_the_stages_retention(stacks):
             assert 'logs:CreateLogGroup' not in text and 'logs:*' not in text
 
 
-def test_the_bucket_expires_old_versions_reports_and_exports(stacks):
+def test_the_bucket_expires_old_versions_reports_and_exports_after_the_documented_days(
+        stacks):
     for stage, template in each_stage(stacks):
-        settings = resources.STAGES[stage]
         rules = template['Resources'][resources.BUCKET]['Properties'][
             'LifecycleConfiguration']['Rules']
         assert all(r['Status'] == 'Enabled' for r in rules)
         everything = [r for r in rules if 'Prefix' not in r]
-        assert everything and everything[0]['NoncurrentVersionExpiration'] == {
-            'NoncurrentDays': settings['noncurrent_version_days']}
-        assert everything[0]['AbortIncompleteMultipartUpload']['DaysAfterInitiation'] <= 7
+        assert len(everything) == 1, stage
+        assert everything[0]['NoncurrentVersionExpiration'] == {
+            'NoncurrentDays': NONCURRENT_VERSION_DAYS[stage]}, stage
+        assert everything[0]['AbortIncompleteMultipartUpload'] == {
+            'DaysAfterInitiation': MULTIPART_UPLOAD_DAYS}, stage
+        # Nothing expires uploads under imports/ ("uploads under imports/ are kept").
+        assert 'ExpirationInDays' not in everything[0], stage
         by_prefix = {r['Prefix']: r['ExpirationInDays'] for r in rules if 'Prefix' in r}
-        assert by_prefix == {'reports/': settings['report_days'],
-                             'exports/': settings['export_days']}
+        assert by_prefix == EXPIRATION_DAYS[stage], stage
 
 
 def _render_access_log(fmt, message):
@@ -349,3 +368,315 @@ def test_package_py_run_by_another_python_stops_before_packaging(tmp_path):
     assert result.returncode == 2
     assert 'the functions run Python 3.13' in result.stderr
     assert not (tmp_path / 'out').exists()
+
+
+# --- reserved concurrency, TLS-only queues and topics, the alarm topic's key --------
+# (the figures are tests/test_template.py's RESERVED_CONCURRENCY, as documented)
+
+def test_translated_functions_keep_their_reserved_concurrency_and_the_queue_its_ceiling(
+        stacks):
+    from test_template import RESERVED_CONCURRENCY
+    for stage, template in each_stage(stacks):
+        assert {k: f['Properties'].get('ReservedConcurrentExecutions')
+                for k, f in functions(template).items()} == RESERVED_CONCURRENCY[stage]
+        mappings = of_type(template, 'AWS::Lambda::EventSourceMapping')
+        sqs, = [m['Properties'] for m in mappings.values()
+                if ids.QUEUE in json.dumps(m['Properties']['EventSourceArn'])]
+        assert sqs['ScalingConfig'] == {
+            'MaximumConcurrency': RESERVED_CONCURRENCY[stage][ids.INGEST_QUEUE]}
+
+
+def test_translated_stack_has_one_tls_only_policy_per_queue_and_topic_and_the_alarm_key(
+        stacks):
+    for stage, template in each_stage(stacks):
+        queues = of_type(template, 'AWS::SQS::Queue')
+        queue_policies = of_type(template, 'AWS::SQS::QueuePolicy').values()
+        for queue in queues:
+            on_it = [p for p in queue_policies if {'Ref': queue} in p['Properties']['Queues']]
+            assert len(on_it) == 1, (stage, queue)
+        topic_policies = of_type(template, 'AWS::SNS::TopicPolicy').values()
+        for topic in of_type(template, 'AWS::SNS::Topic'):
+            on_it = [p for p in topic_policies if {'Ref': topic} in p['Properties']['Topics']]
+            assert len(on_it) == 1, (stage, topic)
+        for policy in list(queue_policies) + list(topic_policies):
+            assert any(s['Effect'] == 'Deny' and s['Condition'] == {
+                'Bool': {'aws:SecureTransport': 'false'}}
+                for s in policy['Properties']['PolicyDocument']['Statement'])
+        assert list(of_type(template, 'AWS::KMS::Key')) == [resources.ALARM_KEY]
+        assert template['Resources']['AlarmTopic']['Properties']['KmsMasterKeyId'] == {
+            'Ref': resources.ALARM_KEY}
+
+
+# --- releases: versions, the live alias, CodeDeploy, the hook, SnapStart ------------
+# (deploy/release_template.py; docs/deployment.md "Releases")
+
+import release_template  # noqa: E402
+
+LIVE = ids.LIVE_ALIAS
+CANARY_FUNCTIONS = {ids.API_HANDLER, ids.TOKEN_AUTHORIZER}
+# The figures docs/deployment.md states, written out here.
+DEPLOYMENT_CONFIGS = {
+    'prod': {f: 'Canary10Percent5Minutes' if f in CANARY_FUNCTIONS else 'AllAtOnce'
+             for f in FUNCTIONS},
+    'dev': {f: 'AllAtOnce' for f in FUNCTIONS},
+}
+API_RELEASE_ALARMS = {'ApiServerErrorRateAlarm', 'ApiLatencyP99Alarm'}
+
+
+def _function_of(ref, template):
+    """The function a Ref / Fn::GetAtt Arn names, directly or through an alias
+    or a version of it."""
+    res = template['Resources']
+    name = ref.get('Ref') or _arn_of(ref)
+    if name in res and res[name]['Type'] in ('AWS::Lambda::Alias', 'AWS::Lambda::Version'):
+        name = res[name]['Properties']['FunctionName']['Ref']
+    assert res[name]['Type'] == 'AWS::Lambda::Function', ref
+    return name
+
+
+def _sub_names(node):
+    text = node.get('Fn::Sub') if isinstance(node, dict) else None
+    text = text[0] if isinstance(text, list) else text
+    return re.findall(r'\$\{([\w:]+)(?:\.(\w+))?\}', text or '')
+
+
+def _invoked(node, template):
+    """What an invoker position names: [(logical id, its type)]."""
+    res = template['Resources']
+    if isinstance(node, dict) and 'Ref' in node:
+        names = [node['Ref']]
+    elif isinstance(node, dict) and 'Fn::GetAtt' in node:
+        names = [node['Fn::GetAtt'][0]]
+    else:
+        names = [n for n, _ in _sub_names(node)]
+    return [(n, res[n]['Type']) for n in names if n in res]
+
+
+def latest_invokers(template):
+    """Every place that invokes a function, with what it names, unless that is
+    an alias (or, for the hook's targets, a published version): a function's
+    unqualified ARN is its $LATEST."""
+    res = template['Resources']
+    places = []
+    body = res[ids.REST_API]['Properties']['Body']
+    for path, methods in body['paths'].items():
+        for method, operation in methods.items():
+            integration = operation.get('x-amazon-apigateway-integration') or {}
+            if integration.get('type') == 'aws_proxy':
+                places.append(('integration %s %s' % (method, path), integration['uri'],
+                               'AWS::Lambda::Alias'))
+    for name, scheme in body.get('securityDefinitions', {}).items():
+        authorizer = scheme.get('x-amazon-apigateway-authorizer')
+        if authorizer:
+            places.append(('authorizer %s' % name, authorizer['authorizerUri'],
+                           'AWS::Lambda::Alias'))
+    for name, r in res.items():
+        props = r.get('Properties') or {}
+        if r['Type'] in ('AWS::Lambda::EventSourceMapping', 'AWS::Lambda::Permission'):
+            places.append((name, props['FunctionName'], 'AWS::Lambda::Alias'))
+        if r['Type'] == 'AWS::Events::Rule':
+            for target in props['Targets']:
+                places.append(('%s target %s' % (name, target['Id']), target['Arn'],
+                               'AWS::Lambda::Alias'))
+    hook = res.get(ids.PRE_TRAFFIC_CHECK)
+    if hook:
+        variables = hook['Properties']['Environment']['Variables']
+        for key in (release_template.HOOK_TARGET_API, release_template.HOOK_TARGET_AUTHORIZER):
+            places.append(('hook %s' % key, variables[key], 'AWS::Lambda::Version'))
+    out = []
+    for place, node, wanted in places:
+        named = _invoked(node, template)
+        lambdas = [(n, t) for n, t in named if t.startswith('AWS::Lambda::')
+                   and t != 'AWS::Lambda::Permission']
+        if not lambdas or any(t != wanted for _, t in lambdas):
+            out.append('%s: %s' % (place, json.dumps(node)))
+    return out
+
+
+def test_nothing_invokes_latest_every_invoker_names_the_live_alias(stacks):
+    for stage, template in each_stage(stacks):
+        assert latest_invokers(template) == [], stage
+        res = template['Resources']
+        # ...and there is something to check: every route, the authorizer, the
+        # two mappings, the two rules, their permissions and the API's.
+        mappings = of_type(template, 'AWS::Lambda::EventSourceMapping').values()
+        assert {_function_of(m['Properties']['FunctionName'], template) for m in mappings} \
+            == {ids.INGEST_QUEUE, ids.PUBLISH_CHANGES}
+        permissions = of_type(template, 'AWS::Lambda::Permission').values()
+        assert {_function_of(p['Properties']['FunctionName'], template)
+                for p in permissions} == {ids.API_HANDLER, ids.TOKEN_AUTHORIZER,
+                                          ids.IMPORT_UPLOAD, ids.SCHEDULED_EXPORT}
+        for p in permissions:
+            assert res[p['Properties']['FunctionName']['Ref']]['Type'] == 'AWS::Lambda::Alias'
+
+
+def test_the_latest_invoker_check_finds_a_route_a_mapping_and_a_permission_on_latest(stacks):
+    template = json.loads(json.dumps(stacks['prod']['template']))
+    res = template['Resources']
+    path = next(iter(res[ids.REST_API]['Properties']['Body']['paths'].values()))
+    integration = next(o['x-amazon-apigateway-integration'] for o in path.values()
+                       if o.get('x-amazon-apigateway-integration', {}).get('type') == 'aws_proxy')
+    integration['uri'] = {'Fn::Sub': 'arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:'
+                                     'path/2015-03-31/functions/${APIHandler.Arn}/invocations'}
+    mapping = next(iter(of_type(template, 'AWS::Lambda::EventSourceMapping').values()))
+    mapping['Properties']['FunctionName'] = {'Ref': ids.INGEST_QUEUE}
+    permission = next(iter(of_type(template, 'AWS::Lambda::Permission').values()))
+    permission['Properties']['FunctionName'] = {'Fn::GetAtt': [ids.API_HANDLER, 'Arn']}
+    assert len(latest_invokers(template)) == 3
+
+
+def test_every_function_that_serves_traffic_has_versions_and_a_live_alias(stacks):
+    for stage, template in each_stage(stacks):
+        res = template['Resources']
+        aliases = of_type(template, 'AWS::Lambda::Alias')
+        assert sorted(_function_of(a['Properties']['FunctionName'], template)
+                      for a in aliases.values()) == FUNCTIONS, stage
+        for name, alias in aliases.items():
+            props = alias['Properties']
+            assert props['Name'] == LIVE
+            version = props['FunctionVersion']['Fn::GetAtt']
+            assert version[1] == 'Version'
+            assert res[version[0]]['Type'] == 'AWS::Lambda::Version'
+            assert res[version[0]]['Properties']['FunctionName'] == props['FunctionName']
+            # Old versions stay: what make rollback goes back to.
+            assert res[version[0]]['DeletionPolicy'] == 'Retain'
+        assert ids.alias_resource(ids.PRE_TRAFFIC_CHECK) not in res
+
+
+def test_a_configuration_change_publishes_a_version_too(stacks):
+    for stage in STAGES:
+        with open(stacks[stage]['sam']) as f:
+            sam = json.load(f)
+        for function in FUNCTIONS:
+            props = sam['Resources'][function]['Properties']
+            assert props['AutoPublishAlias'] == LIVE
+            assert props['AutoPublishAliasAllProperties'] is True
+
+
+def test_codedeploy_rolls_back_on_failure_and_on_the_release_alarms(stacks):
+    for stage, template in each_stage(stacks):
+        res = template['Resources']
+        applications = of_type(template, 'AWS::CodeDeploy::Application')
+        assert list(applications) == [ids.CODEDEPLOY_APPLICATION]
+        assert applications[ids.CODEDEPLOY_APPLICATION]['Properties'] == {
+            'ComputePlatform': 'Lambda'}
+        groups = of_type(template, 'AWS::CodeDeploy::DeploymentGroup')
+        assert sorted(groups) == sorted(ids.deployment_group(f) for f in FUNCTIONS)
+        for function in FUNCTIONS:
+            props = groups[ids.deployment_group(function)]['Properties']
+            assert props['ApplicationName'] == {'Ref': ids.CODEDEPLOY_APPLICATION}
+            rollback = props['AutoRollbackConfiguration']
+            assert rollback['Enabled'] is True
+            assert {'DEPLOYMENT_FAILURE', 'DEPLOYMENT_STOP_ON_ALARM'} <= set(rollback['Events'])
+            alarms = props['AlarmConfiguration']
+            assert alarms['Enabled'] is True
+            watched = {a['Name']['Ref'] for a in alarms['Alarms']}
+            expected = {'%sNewVersionErrorsAlarm' % function}
+            if function in CANARY_FUNCTIONS:
+                expected |= API_RELEASE_ALARMS
+            assert watched == expected, (stage, function)
+            for alarm in watched:
+                assert res[alarm]['Type'] == 'AWS::CloudWatch::Alarm'
+            config = props['DeploymentConfigName']['Fn::Sub']
+            assert config == ['CodeDeployDefault.Lambda${ConfigName}', {
+                'ConfigName': DEPLOYMENT_CONFIGS[stage][function]}], (stage, function)
+            assert props['ServiceRoleArn'] == {'Fn::GetAtt': [ids.CODEDEPLOY_ROLE, 'Arn']}
+        # SAM makes no role of its own (with the managed policy) when given one.
+        assert 'CodeDeployServiceRole' not in res
+
+
+def test_the_release_alarms_watch_the_new_version_through_the_alias(stacks):
+    for stage, template in each_stage(stacks):
+        res = template['Resources']
+        for function in FUNCTIONS:
+            props = res['%sNewVersionErrorsAlarm' % function]['Properties']
+            assert (props['Namespace'], props['MetricName']) == ('AWS/Lambda', 'Errors')
+            dims = {d['Name']: d['Value'] for d in props['Dimensions']}
+            assert dims['FunctionName'] == {'Ref': function}
+            assert dims['Resource'] == {'Fn::Sub': '${%s}:%s' % (function, LIVE)}
+            # ExecutedVersion: the number at the end of this deploy's version ARN.
+            version = res[ids.alias_resource(function)]['Properties']['FunctionVersion'][
+                'Fn::GetAtt'][0]
+            assert dims['ExecutedVersion'] == {
+                'Fn::Select': [7, {'Fn::Split': [':', {'Ref': version}]}]}
+            assert props['Period'] == 60 and props['TreatMissingData'] == 'notBreaching'
+
+
+def test_every_alias_runs_the_pre_traffic_hook_before_traffic_moves(stacks):
+    for stage, template in each_stage(stacks):
+        for name, alias in of_type(template, 'AWS::Lambda::Alias').items():
+            function = _function_of(alias['Properties']['FunctionName'], template)
+            update = alias['UpdatePolicy']['CodeDeployLambdaAliasUpdate']
+            assert update == {
+                'ApplicationName': {'Ref': ids.CODEDEPLOY_APPLICATION},
+                'DeploymentGroupName': {'Ref': ids.deployment_group(function)},
+                'BeforeAllowTrafficHook': {'Ref': ids.PRE_TRAFFIC_CHECK}}, (stage, name)
+
+
+def test_the_pre_traffic_hook_tests_the_new_versions_and_may_do_nothing_else(stacks):
+    for stage, template in each_stage(stacks):
+        res = template['Resources']
+        hook = res[ids.PRE_TRAFFIC_CHECK]['Properties']
+        variables = hook['Environment']['Variables']
+        for key, target in ((release_template.HOOK_TARGET_API, ids.API_HANDLER),
+                            (release_template.HOOK_TARGET_AUTHORIZER, ids.TOKEN_AUTHORIZER)):
+            version = res[ids.alias_resource(target)]['Properties']['FunctionVersion'][
+                'Fn::GetAtt'][0]
+            assert variables[key] == {'Ref': version}, (stage, key)
+        assert variables[release_template.HOOK_TOKENS_ON] == 'true'
+        assert hook['Runtime'] == 'python3.13' and hook['Architectures'] == ['arm64']
+        assert hook['TracingConfig'] == {'Mode': 'Active'}
+        assert 'SnapStart' not in hook  # invoked as $LATEST, never a published version
+        role = hook['Role']['Fn::GetAtt'][0]
+        assert role == ids.ROLES[ids.PRE_TRAFFIC_CHECK]
+        documents = [p['PolicyDocument'] for p in res[role]['Properties']['Policies']]
+        assert documents == [policies.build(stage)[ids.PRE_TRAFFIC_CHECK]]
+        granted = {a for s in documents[0]['Statement'] for a in s['Action']}
+        assert granted == {'logs:CreateLogStream', 'logs:PutLogEvents',
+                           'xray:PutTelemetryRecords', 'xray:PutTraceSegments',
+                           'lambda:InvokeFunction',
+                           'codedeploy:PutLifecycleEventHookExecutionStatus'}
+        invoke, = [s for s in documents[0]['Statement'] if s['Action'] == [
+            'lambda:InvokeFunction']]
+        assert invoke['Resource'] == [{'Fn::Sub': '${%s.Arn}:*' % f}
+                                      for f in (ids.API_HANDLER, ids.TOKEN_AUTHORIZER)]
+        report, = [s for s in documents[0]['Statement'] if s['Action'] == [
+            'codedeploy:PutLifecycleEventHookExecutionStatus']]
+        assert report['Resource']['Fn::Sub'].endswith(
+            ':deploymentgroup:${%s}/*' % ids.CODEDEPLOY_APPLICATION)
+        groups = {json.dumps(g['Properties'].get('LogGroupName'))
+                  for g in of_type(template, 'AWS::Logs::LogGroup').values()}
+        assert json.dumps({'Fn::Sub': '/aws/lambda/${%s}' % ids.PRE_TRAFFIC_CHECK}) in groups
+
+
+def test_codedeploys_role_may_shift_these_aliases_read_alarms_and_run_the_hook_only(stacks):
+    for stage, template in each_stage(stacks):
+        role = template['Resources'][ids.CODEDEPLOY_ROLE]['Properties']
+        assert role['AssumeRolePolicyDocument']['Statement'] == [{
+            'Effect': 'Allow', 'Principal': {'Service': 'codedeploy.amazonaws.com'},
+            'Action': 'sts:AssumeRole'}]
+        assert 'ManagedPolicyArns' not in role
+        (policy,) = role['Policies']
+        by_action = {}
+        for statement in policy['PolicyDocument']['Statement']:
+            assert statement['Effect'] == 'Allow'
+            for action in statement['Action']:
+                by_action[action] = statement['Resource']
+        aliases = [{'Fn::Sub': '${%s.Arn}:%s' % (f, LIVE)} for f in FUNCTIONS]
+        assert by_action == {
+            'lambda:GetAlias': aliases, 'lambda:UpdateAlias': aliases,
+            'lambda:GetProvisionedConcurrencyConfig': aliases,
+            'cloudwatch:DescribeAlarms': {'Fn::Sub': 'arn:${AWS::Partition}:cloudwatch:'
+                                          '${AWS::Region}:${AWS::AccountId}:alarm:*'},
+            'lambda:InvokeFunction': {'Fn::GetAtt': [ids.PRE_TRAFFIC_CHECK, 'Arn']},
+        }
+
+
+def test_snapstart_on_prods_published_versions_only(stacks):
+    for stage, template in each_stage(stacks):
+        for name, function in functions(template).items():
+            snap = function['Properties'].get('SnapStart')
+            if stage == 'prod':
+                assert snap == {'ApplyOn': 'PublishedVersions'}, name
+            else:
+                assert snap is None, (stage, name)

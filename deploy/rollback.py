@@ -1,0 +1,151 @@
+"""Point each function's `live` alias back at its previous version.
+
+    python deploy/rollback.py --stack cars-prod --region eu-west-3 [--dry-run]
+        [--to APIHandler=41 ...] [--only APIHandler ...]
+
+`make rollback STAGE=prod` runs it. For every function of the stack with a
+`live` alias: the alias's version now (get-alias), the highest published
+version below it (list-versions-by-function), and the alias moved there,
+all traffic at once. It prints `<function>: live <now> -> <previous>`.
+`--to Function=N` picks the version instead; `--dry-run` only prints.
+
+It refuses while a canary is under way (the alias has a weighted second
+version): stop that deployment instead (`aws deploy stop-deployment
+--deployment-id <id> --auto-rollback-enabled`), which rolls it back.
+
+The stack still names the newer version: the next `make deploy` that
+changes a function publishes a new version and shifts the alias to it as
+usual; a deploy that changes nothing leaves the alias where this put it.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ids import LIVE_ALIAS  # noqa: E402 - deploy/ is not a package
+
+
+class RollbackError(Exception):
+    pass
+
+
+def stack_functions(cloudformation, stack):
+    """{logical id: function name} of the stack's Lambda functions."""
+    out = {}
+    paginator = cloudformation.get_paginator('list_stack_resources')
+    for page in paginator.paginate(StackName=stack):
+        for resource in page['StackResourceSummaries']:
+            if resource['ResourceType'] == 'AWS::Lambda::Function' and \
+                    resource.get('PhysicalResourceId'):
+                out[resource['LogicalResourceId']] = resource['PhysicalResourceId']
+    return out
+
+
+def published_versions(lambda_client, function):
+    """The function's published version numbers, ascending ($LATEST left out)."""
+    versions = []
+    paginator = lambda_client.get_paginator('list_versions_by_function')
+    for page in paginator.paginate(FunctionName=function):
+        versions += [int(v['Version']) for v in page['Versions'] if v['Version'].isdigit()]
+    return sorted(versions)
+
+
+def live_alias(lambda_client, function):
+    """The alias, or None when the function has no `live` alias (the hook)."""
+    try:
+        return lambda_client.get_alias(FunctionName=function, Name=LIVE_ALIAS)
+    except lambda_client.exceptions.ResourceNotFoundException:
+        return None
+
+
+def plan(lambda_client, functions, targets=None):
+    """[(logical id, function name, version now, version to go to)].
+
+    `targets`: {logical id: version} chosen by hand. Raises RollbackError when a
+    function is mid-canary or has no earlier version.
+    """
+    targets = targets or {}
+    out, problems = [], []
+    for logical_id, name in sorted(functions.items()):
+        alias = live_alias(lambda_client, name)
+        if alias is None:
+            continue
+        now = int(alias['FunctionVersion'])
+        weights = (alias.get('RoutingConfig') or {}).get('AdditionalVersionWeights') or {}
+        if weights:
+            problems.append('%s: a deployment is shifting traffic (%s); stop it with '
+                            '`aws deploy stop-deployment --deployment-id <id> '
+                            '--auto-rollback-enabled`' % (logical_id, weights))
+            continue
+        versions = published_versions(lambda_client, name)
+        if logical_id in targets:
+            to = int(targets[logical_id])
+            if to not in versions:
+                problems.append('%s: no version %d (has %s)' % (logical_id, to, versions))
+                continue
+        else:
+            earlier = [v for v in versions if v < now]
+            if not earlier:
+                problems.append('%s: live is version %d, there is no earlier one'
+                                % (logical_id, now))
+                continue
+            to = earlier[-1]
+        out.append((logical_id, name, now, to))
+    unknown = set(targets) - {p[0] for p in out} - {p.split(':')[0] for p in problems}
+    problems += ['%s: not a function of this stack with a %s alias' % (f, LIVE_ALIAS)
+                 for f in sorted(unknown)]
+    if problems:
+        raise RollbackError('\n'.join(problems))
+    return out
+
+
+def roll_back(lambda_client, steps, dry_run=False, say=print):
+    for logical_id, name, now, to in steps:
+        if not dry_run:
+            lambda_client.update_alias(FunctionName=name, Name=LIVE_ALIAS,
+                                       FunctionVersion=str(to),
+                                       RoutingConfig={'AdditionalVersionWeights': {}})
+        say('%s: %s %d -> %d%s' % (logical_id, LIVE_ALIAS, now, to,
+                                   ' (dry run, nothing changed)' if dry_run else ''))
+
+
+def _target(text):
+    function, _, version = text.partition('=')
+    if not function or not version.isdigit():
+        raise argparse.ArgumentTypeError('expected Function=N, e.g. APIHandler=41')
+    return function, int(version)
+
+
+def main(argv=None, session=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--stack', required=True)
+    parser.add_argument('--region', required=True)
+    parser.add_argument('--to', type=_target, action='append', default=[],
+                        metavar='FUNCTION=N', help='this version instead of the previous one')
+    parser.add_argument('--only', action='append', default=[], metavar='FUNCTION',
+                        help='roll back only these functions (logical ids)')
+    parser.add_argument('--dry-run', action='store_true')
+    args = parser.parse_args(argv)
+    if session is None:
+        import boto3
+        session = boto3.session.Session(region_name=args.region)
+    lambda_client = session.client('lambda')
+    functions = stack_functions(session.client('cloudformation'), args.stack)
+    if args.only:
+        functions = {k: v for k, v in functions.items() if k in args.only}
+    try:
+        steps = plan(lambda_client, functions, dict(args.to))
+    except RollbackError as e:
+        print('rollback: nothing changed:\n%s' % e, file=sys.stderr)
+        return 1
+    if not steps:
+        print('rollback: no function of %s has a %s alias' % (args.stack, LIVE_ALIAS),
+              file=sys.stderr)
+        return 1
+    roll_back(lambda_client, steps, args.dry_run)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

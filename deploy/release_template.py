@@ -1,25 +1,10 @@
 """Safe releases in the stage template: versions, the `live` alias, CodeDeploy, SnapStart.
 
-Chalice makes neither versions nor aliases, so they are added here, on top of
-`chalice package`'s SAM template:
-
-- every function that serves traffic (ids.FUNCTIONS) gets SAM's
-  `AutoPublishAlias: live` with `AutoPublishAliasAllProperties`: each deploy
-  that changes its code or any of its properties publishes a version, and the
-  alias moves to it;
-- nothing invokes $LATEST: the API's integrations, the authorizer, the queue
-  and stream mappings, the two rules and every invoke permission name the
-  alias (`point_invokers_at_aliases`, applied to the packaged template by
-  deploy/package.py; SAM attaches an aliased function's Events to its alias);
-- `DeploymentPreference`: CodeDeploy moves the alias, in prod 10% first for
-  5 minutes for the API and the authorizer, and stops and rolls back when one
-  of the release alarms fires (deploy/monitoring.py `release_alarms`); the
-  pre-traffic hook (ids.PRE_TRAFFIC_CHECK) tests the new versions first;
-- CodeDeploy's role is this stack's own, narrower than AWS's managed policy
-  (deploy/policies.py `codedeploy_role_policy`);
-- in prod, SnapStart on published versions.
-
-The figures and the reasons are in docs/deployment.md ("Releases", #releases).
+Chalice makes neither versions nor aliases, so they are added on top of `chalice
+package`'s SAM template: AutoPublishAlias on every function, every invoker pointed at
+the alias, DeploymentPreference (prod: a canary for the API and the authorizer, behind
+the pre-traffic hook and the release alarms), CodeDeploy's own narrow role, and
+SnapStart in prod. The figures and reasons: docs/deployment.md, "Releases".
 """
 import json
 import os

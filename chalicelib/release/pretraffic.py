@@ -1,29 +1,9 @@
 """CodeDeploy's BeforeAllowTraffic hook: question the new version before it gets traffic.
 
-CodeDeploy invokes the hook with {"DeploymentId", "LifecycleEventHookExecutionId"}
-while the `live` alias still points at the old version. The hook invokes the new
-API version (CARS_HOOK_TARGET_API, a version ARN) directly with API Gateway REST
-proxy events, and the new authorizer version (CARS_HOOK_TARGET_AUTHORIZER, when
-set) with a TOKEN event, then reports Succeeded or Failed to CodeDeploy. Any
-exception is a Failed; each failed check is one log line.
-
-Nothing the hook sends can write: the reads are reads, and the one write it sends
-carries a car that fails validation (year 1700), so even a version whose token
-check were broken answers 422, never 201.
-
-Which write event, when tokens are on (CARS_HOOK_TOKENS_ON=true): invoked directly
-there is no API Gateway and no authorizer in front of the function, so a write
-without a token reaches the app's own check (chalicelib/http/auth.py middleware),
-which must read the tokens to answer it. On an SSM stage the API function's role
-has no ssm:GetParameter (the authorizer reads the tokens), so that answer would be
-503, and 401 where the parameter happens to be readable: not deterministic. The
-hook sends instead what API Gateway sends after the authorizer allowed a request
-(requestContext.authorizer.principalId) with an Authorization header holding two
-credentials: the middleware checks the header itself, without tokens, and must
-answer 400 (invalid-authorization). The authorizer's own refusal of a bogus token
-(an "Unauthorized" error or a Deny, never an Allow) is checked on the authorizer.
-Reads carry the same principalId, so they answer 200 whether or not the stage
-protects reads (again without reading tokens).
+It invokes the new API version (CARS_HOOK_TARGET_API) with API Gateway proxy events
+and the new authorizer version (CARS_HOOK_TARGET_AUTHORIZER) with a TOKEN event,
+then reports Succeeded or Failed to CodeDeploy. Nothing it sends can write. Which
+events and why: docs/design.md, "The pre-traffic check".
 """
 import base64
 import json

@@ -16,18 +16,15 @@ import subprocess
 import sys
 
 import pytest
-from chalice.test import Client
 
-import app as app_module
 from servers import LocalServer
 from stores import server_env
+from test_openapi import fetch
 
 BIN = os.path.dirname(sys.executable)
 GENERATOR = os.path.join(BIN, 'openapi-python-client')
 PACKAGE = 'cars_api_client'
 TOKEN = 'generated-client-token'
-AUTH_SETTINGS = ('CARS_AUTH_TOKENS', 'CARS_AUTH_SSM_PARAMETER', 'CARS_AUTH_PROTECT_READS',
-                 'CARS_AUTH_DISABLED', 'AWS_LAMBDA_FUNCTION_NAME')
 METHODS = ('get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace')
 # What the generator prints when it leaves something out or cannot type it.
 COMPLAINTS = re.compile(r'warning|skipp|will not be generated|not allowed|unsupported|'
@@ -38,15 +35,7 @@ pytestmark = pytest.mark.slow
 
 def served_document(**settings):
     """The document as a server with these auth settings (and no others) serves it."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in AUTH_SETTINGS:
-            mp.delenv(name, raising=False)
-        for name, value in settings.items():
-            mp.setenv(name, value)
-        with Client(app_module.app) as client:
-            response = client.http.get('/api/v1/openapi.json')
-    assert response.status_code == 200
-    return json.loads(response.body)
+    return fetch(**settings)[0]
 
 
 def generate(doc, where):

@@ -22,6 +22,7 @@ from urllib.parse import quote_plus
 import pytest
 
 from dynamodb_local import stream_records
+from local_aws import LocalAws
 
 pytestmark = pytest.mark.slow
 
@@ -582,71 +583,21 @@ def sandbox(package, task_root, runtime_python, resources, tmp_path):
     return call
 
 
-class LocalAws(object):
-    """A local Lambda (Invoke runs the version's handler from the package, in the sandbox)
-    and CodeDeploy (PutLifecycleEventHookExecutionStatus is recorded), on 127.0.0.1."""
-
-    def __init__(self, sandbox, functions):
-        import http.server
-        import threading
-        from urllib.parse import unquote
-        self.invoked, self.statuses = [], []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
-                match = re.match(r'^/2015-03-31/functions/([^/]+)/invocations', self.path)
-                target = self.headers.get('X-Amz-Target', '')
-                if match:
-                    arn = unquote(match.group(1))
-                    event = json.loads(body)
-                    outer.invoked.append((arn, event))
-                    if arn not in functions:
-                        return self.answer(404, {'Type': 'User', 'message': 'no ' + arn},
-                                           {'x-amzn-ErrorType': 'ResourceNotFoundException'})
-                    [outcome] = sandbox(functions[arn], [event])['results']
-                    if 'errorType' in outcome:
-                        return self.answer(200, {k: outcome[k] for k in (
-                            'errorType', 'errorMessage')}, {'X-Amz-Function-Error': 'Unhandled'})
-                    return self.answer(200, outcome['returned'])
-                if target == 'CodeDeploy_20141006.PutLifecycleEventHookExecutionStatus':
-                    request = json.loads(body)
-                    outer.statuses.append(request)
-                    return self.answer(200, {'lifecycleEventHookExecutionId':
-                                             request['lifecycleEventHookExecutionId']},
-                                       {'Content-Type': 'application/x-amz-json-1.1'})
-                self.answer(400, {'message': 'not implemented here: %s %s' % (self.path, target)})
-
-            def answer(self, status, payload, headers=None):
-                data = json.dumps(payload).encode('utf-8')
-                self.send_response(status)
-                for name, value in dict({'Content-Type': 'application/json'},
-                                        **(headers or {})).items():
-                    self.send_header(name, value)
-                self.send_header('Content-Length', str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.endpoint = 'http://127.0.0.1:%d' % self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+def sandbox_functions(sandbox, functions):
+    """LocalAws's `invoke`: run the version's handler from the package, in the sandbox."""
+    def invoke(arn, event):
+        if arn not in functions:
+            return None
+        [outcome] = sandbox(functions[arn], [event])['results']
+        if 'errorType' in outcome:
+            return {k: outcome[k] for k in ('errorType', 'errorMessage')}, 'Unhandled'
+        return outcome['returned'], None
+    return invoke
 
 
 def test_the_pre_traffic_hook_checks_the_new_version_and_reports_succeeded(sandbox, resources):
     functions = {API_VERSION: 'app.app', AUTHORIZER_VERSION: 'app.token_authorizer'}
-    with LocalAws(sandbox, functions) as local:
+    with LocalAws(sandbox_functions(sandbox, functions)) as local:
         report = sandbox('app.pre_traffic_check', [
             {'DeploymentId': 'd-SANDBOX01', 'LifecycleEventHookExecutionId': 'hook-1'}],
             CARS_HOOK_TARGET_API=API_VERSION, CARS_HOOK_TARGET_AUTHORIZER=AUTHORIZER_VERSION,
@@ -670,7 +621,7 @@ def test_the_pre_traffic_hook_reports_failed_when_the_new_version_is_broken(sand
     # The "new version" here is the authorizer's function answering API events: no
     # proxy responses, so every API check fails, and the hook says Failed.
     functions = {API_VERSION: 'app.token_authorizer'}
-    with LocalAws(sandbox, functions) as local:
+    with LocalAws(sandbox_functions(sandbox, functions)) as local:
         report = sandbox('app.pre_traffic_check', [
             {'DeploymentId': 'd-SANDBOX02', 'LifecycleEventHookExecutionId': 'hook-2'}],
             CARS_HOOK_TARGET_API=API_VERSION, CARS_HOOK_TOKENS_ON='true',

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from chalicelib.release import pretraffic
+from local_aws import LocalAws
 from chalicelib.store import get_store
 
 API = 'arn:aws:lambda:us-east-1:123456789012:function:cars-prod-APIHandler:7'
@@ -170,61 +171,13 @@ def test_the_hook_events_are_gateway_proxy_events():
     assert 'authorizer' not in context
 
 
-class LocalLambdaAndCodeDeploy(object):
-    """Lambda's Invoke (answered by the app's entry point, in process) and CodeDeploy's
-    PutLifecycleEventHookExecutionStatus (recorded), on 127.0.0.1, for boto3 to call."""
-
-    def __init__(self):
-        import http.server
-        import re
-        import threading
-        from urllib.parse import unquote
-
-        import app as app_module
-        self.invoked, self.statuses = [], []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
-                match = re.match(r'^/2015-03-31/functions/([^/]+)/invocations', self.path)
-                if match:
-                    outer.invoked.append(unquote(match.group(1)))
-                    return self.answer(app_module.app(body, None))
-                outer.statuses.append(body)
-                self.answer({'lifecycleEventHookExecutionId':
-                             body['lifecycleEventHookExecutionId']})
-
-            def answer(self, payload):
-                data = json.dumps(payload).encode('utf-8')
-                self.send_response(200)
-                self.send_header('Content-Type', 'application/json')
-                self.send_header('Content-Length', str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.endpoint = 'http://127.0.0.1:%d' % self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_the_hook_function_calls_lambda_and_codedeploy_through_boto3(app_store, monkeypatch):
     # The function as deployed, with the SDK (so the suite's call recorder credits
     # its two AWS calls to PreTrafficCheck, whose role must allow exactly those).
     import app as app_module
     monkeypatch.setattr(pretraffic, '_clients', {})
-    with LocalLambdaAndCodeDeploy() as local:
+    # Invoke is answered by the app's entry point, in this process.
+    with LocalAws(lambda arn, event: (app_module.app(event, None), None)) as local:
         for name, value in (('AWS_ENDPOINT_URL_LAMBDA', local.endpoint),
                             ('AWS_ENDPOINT_URL_CODEDEPLOY', local.endpoint),
                             ('AWS_ACCESS_KEY_ID', 'testing'), ('AWS_SECRET_ACCESS_KEY', 'testing'),
@@ -237,5 +190,5 @@ def test_the_hook_function_calls_lambda_and_codedeploy_through_boto3(app_store, 
     assert local.statuses == [{'deploymentId': HOOK_EVENT['DeploymentId'],
                                'lifecycleEventHookExecutionId': 'exec-1',
                                'status': 'Succeeded'}]
-    assert set(local.invoked) == {API}
+    assert {arn for arn, _ in local.invoked} == {API}
     assert app_store.count() == before

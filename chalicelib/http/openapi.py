@@ -341,6 +341,14 @@ def _build(writes_protected, reads_protected):
     write_security = WRITE if writes_protected else None
     read_security = WRITE if reads_protected else None
     hi = cars.year_max()
+
+    def update(op_id, summary, description):
+        # POST and PATCH on a car are the same partial update.
+        return _op(op_id, summary, dict({'200': _car_response('The updated car')},
+                                        **_problems(400, *write_problems, 404, 412, 413, 415,
+                                                    422, 503)),
+                   description=description, parameters=[IF_MATCH, IF_NONE_MATCH_WRITE],
+                   body=_body('CarPatch', 'The fields to change'), security=write_security)
     path_items = {
         '/': {'get': _op(
             'hello', 'The seed\'s greeting', {
@@ -391,22 +399,10 @@ def _build(writes_protected, reads_protected):
                     **_problems(400, *read_problems, 404, 503)),
                 parameters=[IF_NONE_MATCH_READ],
                 security=read_security),
-            'post': _op(
-                'updateCarPost', 'Partially update a car (the seed\'s update)', dict({
-                    '200': _car_response('The updated car')},
-                    **_problems(400, *write_problems, 404, 412, 413, 415, 422, 503)),
-                description='The same as PATCH.',
-                parameters=[IF_MATCH, IF_NONE_MATCH_WRITE],
-                body=_body('CarPatch', 'The fields to change'),
-                security=write_security),
-            'patch': _op(
-                'updateCar', 'Partially update a car', dict({
-                    '200': _car_response('The updated car')},
-                    **_problems(400, *write_problems, 404, 412, 413, 415, 422, 503)),
-                description='Only the fields given change; `null` clears `trans` or `color`.',
-                parameters=[IF_MATCH, IF_NONE_MATCH_WRITE],
-                body=_body('CarPatch', 'The fields to change'),
-                security=write_security),
+            'post': update('updateCarPost', 'Partially update a car (the seed\'s update)',
+                           'The same as PATCH.'),
+            'patch': update('updateCar', 'Partially update a car',
+                            'Only the fields given change; `null` clears `trans` or `color`.'),
             'put': _op(
                 'putCar', 'Create or replace the car with this id', dict({
                     '200': _car_response('Replaced'),

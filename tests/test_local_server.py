@@ -75,9 +75,10 @@ HELD_APP = textwrap.dedent('''
 
     @app.route('/held/{name}')
     def held(name):
-        # Say so (a file the test waits for), then wait until the test lets
-        # go of its lock on HERE/hold.
-        open(os.path.join(HERE, name + '.entered'), 'w').close()
+        # Say so (a line in a file the test waits for), then wait until the
+        # test lets go of its lock on HERE/hold.
+        with open(os.path.join(HERE, name + '.entered'), 'a') as f:
+            f.write('entered\\n')
         with open(os.path.join(HERE, 'hold')) as f:
             fcntl.flock(f, fcntl.LOCK_SH)
         return {'released': name}
@@ -476,6 +477,30 @@ def test_a_request_is_answered_while_another_is_held_in_the_app(held_app):
         assert (response.status, json.loads(body)) == (200, {'hello': 'world'})
     response = slow.getresponse()
     assert (response.status, json.loads(response.read())) == (200, {'released': 'slow'})
+
+
+def test_requests_queued_behind_held_ones_still_run_each_exactly_once(held_app):
+    # Two held requests take the steady threads; the next ones queue for them,
+    # and past a short wait spare threads take them. Once the steady threads
+    # are free again they reach the same queued requests, which must not run twice.
+    held = [_connect(held_app) for _ in range(3)]
+    with _holding(held_app):
+        for n, conn in enumerate(held):
+            conn.request('GET', '/held/queued-%d' % n)
+        for n in range(3):
+            _wait_until((held_app.project / ('queued-%d.entered' % n)).exists,
+                        'held request %d in the app' % n)
+        response, body = _request(_connect(held_app), 'GET', '/')
+        assert (response.status, json.loads(body)) == (200, {'hello': 'world'})
+    for n, conn in enumerate(held):
+        response = conn.getresponse()
+        assert (response.status, json.loads(response.read())) == (200,
+                                                                  {'released': 'queued-%d' % n})
+    # Both steady threads are idle again, the queue behind them drained.
+    response, body = _request(_connect(held_app), 'GET', '/')
+    assert response.status == 200
+    for n in range(3):
+        assert (held_app.project / ('queued-%d.entered' % n)).read_text() == 'entered\n'
 
 
 def test_a_connection_is_answered_while_another_has_pipelined_requests_held(held_app):

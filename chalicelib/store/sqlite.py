@@ -93,7 +93,6 @@ class SqliteStore(Store):
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000.0,
                                    isolation_level=None, check_same_thread=False)
             conn.execute('PRAGMA busy_timeout = %d' % BUSY_TIMEOUT_MS)
-            conn.execute('PRAGMA journal_mode = WAL')
             # NORMAL in WAL mode survives a crash of the process (kill -9); only
             # a power loss can drop the last commits.
             conn.execute('PRAGMA synchronous = NORMAL')
@@ -106,6 +105,11 @@ class SqliteStore(Store):
         with self._schema_lock:
             if self._schema_ready:
                 return
+            # WAL is a property of the file, set once here while the other
+            # threads wait: connections switching a new file to WAL together
+            # can be refused at once ("database is locked") whatever the
+            # busy timeout.
+            conn.execute('PRAGMA journal_mode = WAL')
             with self.transaction() as c:
                 for statement in SCHEMA:
                     c.execute(statement)

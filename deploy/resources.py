@@ -116,8 +116,8 @@ def _arn(name):
 # escaped) are interpolated, so no request text can break the JSON.
 GATEWAY_PROBLEMS = {
     # type: (status, slug or None, detail or None for API Gateway's message)
-    'MISSING_AUTHENTICATION_TOKEN': (404, 'not-found', 'no resource at this path'),
-    'RESOURCE_NOT_FOUND': (404, 'not-found', 'no resource at this path'),
+    'MISSING_AUTHENTICATION_TOKEN': (404, None, 'no resource at this path'),
+    'RESOURCE_NOT_FOUND': (404, None, 'no resource at this path'),
     'UNAUTHORIZED': (401, 'unauthorized', 'send Authorization: Bearer <token> to write'),
     'ACCESS_DENIED': (403, 'forbidden', 'this token may not write'),
     'AUTHORIZER_FAILURE': (503, 'auth-unavailable',

@@ -154,6 +154,16 @@ def test_gateway_errors_answer_in_the_problem_format(packaged, kind, status):
     assert set(problem) == {'type', 'title', 'status', 'detail'}
 
 
+def test_every_gateway_error_type_links_to_a_documented_problem_or_is_about_blank(packaged):
+    from chalicelib.http.problems import PROBLEM_TYPES, type_uri
+    documented = {type_uri(slug) for slug, _, _ in PROBLEM_TYPES} | {'about:blank'}
+    body = packaged['prod']['Resources'][ids.REST_API]['Properties']['DefinitionBody']
+    for kind, response in body['x-amazon-apigateway-gateway-responses'].items():
+        text = response['responseTemplates']['application/json'].replace(
+            '$context.error.messageString', '"message"')
+        assert json.loads(text)['type'] in documented, kind
+
+
 def test_unknown_methods_on_known_paths_reach_the_app_for_a_405(packaged):
     paths = packaged['prod']['Resources'][ids.REST_API]['Properties']['DefinitionBody'][
         'paths']

@@ -6,6 +6,7 @@ README's screenshot.
 """
 import html.parser
 import os
+import re
 import shutil
 import subprocess
 
@@ -103,3 +104,11 @@ def test_docs_page_is_self_contained_html():
     # No scripts, no external stylesheets, fonts or images: it works offline.
     for needle in ('<script', '<link', 'src=', 'http://', 'https://', '@import'):
         assert needle not in text, needle
+
+
+def test_docs_page_shows_no_schema_as_nothing_not_as_null():
+    # HEAD's answers name a media type without a schema (there is no body).
+    with Client(app_module.app) as client:
+        text = client.http.get('/api/v1/docs').body.decode('utf-8')
+    shown_as_null = re.findall(r'<code>[\w.+-]+/[\w.+-]+</code> <code>null</code>', text)
+    assert shown_as_null == []

@@ -57,7 +57,9 @@ def _schema_text(schema):
 
 
 def _ref_link(schema):
-    ref = (schema or {}).get('$ref', '')
+    if schema is None:  # a media type with no body (HEAD's answers)
+        return ''
+    ref = schema.get('$ref', '')
     if ref.startswith('#/components/schemas/'):
         name = ref.rsplit('/', 1)[1]
         return '<a href="#schema-%s">%s</a>' % (name, name)

@@ -102,6 +102,27 @@ def test_the_authorizer_check_accepts_unauthorized_as_lambda_raises_it(app_store
     assert 'ALLOWED' in pretraffic.expect_refusal(None, allow)
 
 
+def test_a_car_0000_in_the_store_is_a_good_answer_to_the_read_check(app_store):
+    app_store.replace('0000', {'make': 'Seed', 'model': 'Zero', 'year': 1999,
+                               'trans': None, 'color': None}, None)
+    assert run(Lambda())['status'] == 'Succeeded'
+
+
+def test_a_read_that_answers_another_car_or_a_non_problem_404_fails(app_store):
+    def wrong_car(event):
+        if event['path'] == '/api/v1/cars/0000':
+            return {'statusCode': 200, 'headers': {}, 'body': '{"id": "1234"}'}
+        return None
+
+    def plain_404(event):
+        if event['path'] == '/api/v1/cars/0000':
+            return {'statusCode': 404, 'headers': {}, 'body': '{"message": "nope"}'}
+        return None
+    for override in (wrong_car, plain_404):
+        outcome = run(Lambda(override))
+        assert [f.split(':')[0] for f in outcome['failures']] == ['GET /api/v1/cars/0000']
+
+
 def test_a_store_that_cannot_be_reached_fails_the_deployment(app_store, monkeypatch, caplog):
     def unreachable():
         raise OSError('disk gone')

@@ -89,6 +89,7 @@ lint: $(VENV)/.installed
 # CloudFormation waits for those deployments; deploy/release.py then prints how
 # each ended (succeeded, or rolled back and why), waiting at most
 # RELEASE_TIMEOUT seconds for any still running, and make fails if one failed.
+# After a release that succeeded, old versions are pruned (see prune below).
 STACK ?= cars-$(STAGE)
 SMOKE ?= 1
 RELEASE_TIMEOUT ?= 1800
@@ -122,6 +123,8 @@ deploy: package
 		--since "$$since" --timeout $(RELEASE_TIMEOUT) || released=$$?; \
 	test "$$deployed" = 0 || { echo "stack $(STACK) was not updated (CloudFormation rolled it back)" >&2; exit "$$deployed"; }; \
 	test "$$released" = 0 || exit "$$released"; \
+	$(VENV)/bin/python deploy/prune.py --stack $(STACK) --region "$$region" --keep $(KEEP_VERSIONS) \
+		|| echo "old versions were not deleted; \`make prune STAGE=$(STAGE)\` tries again" >&2; \
 	url="$$(aws cloudformation describe-stacks --region "$$region" --stack-name $(STACK) \
 		--query "Stacks[0].Outputs[?OutputKey=='EndpointURL'].OutputValue" --output text)"; \
 	{ set +x; } 2>/dev/null; \
@@ -156,6 +159,21 @@ rollback: $(VENV)/.installed
 	test -n "$$region" || { echo "no AWS region: set one in your profile (aws configure), or AWS_REGION" >&2; exit 2; }; \
 	echo "rolling back stack $(STACK) (stage $(STAGE)) in region $$region"; \
 	$(VENV)/bin/python deploy/rollback.py --stack $(STACK) --region "$$region" $(ROLLBACK_ARGS)
+
+# Delete the published versions that no alias uses, keeping the KEEP_VERSIONS
+# below each live one for make rollback (deploy/prune.py); make deploy runs it
+# after a release that succeeded. With SnapStart, every kept version's snapshot
+# is charged.
+#   make prune STAGE=prod [KEEP_VERSIONS=3] [PRUNE_ARGS=--dry-run]
+KEEP_VERSIONS ?= 3
+PRUNE_ARGS ?=
+.PHONY: prune
+prune: $(VENV)/.installed
+	@set -eu; \
+	region="$${AWS_REGION:-$${AWS_DEFAULT_REGION:-$$(aws configure get region || true)}}"; \
+	test -n "$$region" || { echo "no AWS region: set one in your profile (aws configure), or AWS_REGION" >&2; exit 2; }; \
+	echo "pruning the versions of stack $(STACK) (stage $(STAGE)) in region $$region"; \
+	$(VENV)/bin/python deploy/prune.py --stack $(STACK) --region "$$region" --keep $(KEEP_VERSIONS) $(PRUNE_ARGS)
 
 # --- smoke test (deploy/smoke.py) ------------------------------------------------
 # One car's life against a running API, deleted even when a step fails:

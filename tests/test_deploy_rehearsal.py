@@ -720,6 +720,9 @@ def test_make_deploy_reports_how_the_release_ended(deploy):
     for result in (deploy.created, deploy.updated, deploy.unchanged):
         assert 'release: stack %s has no CodeDeploy application' % deploy.stack \
             in result.stdout, _ran(result)
+        # Then the pruning of old versions, which finds no alias in moto's stack.
+        assert 'prune: no function of %s has a live alias; nothing deleted' % deploy.stack \
+            in result.stdout, _ran(result)
 
 
 def test_the_processed_template_has_what_moto_cannot_build(deploy):
@@ -777,3 +780,35 @@ def test_make_rollback_moves_the_live_alias_back_one_version(deploy, emulator):
     before = str(int(newer) - 1)
     assert '%s: live %s -> %s' % (ids.API_HANDLER, newer, before) in result.stdout
     assert lam.get_alias(FunctionName=api, Name=ids.LIVE_ALIAS)['FunctionVersion'] == before
+
+
+def test_make_prune_deletes_the_versions_no_alias_or_rollback_needs(deploy, emulator):
+    """`make prune` as an operator runs it, on versions and an alias the test adds
+    to the emulated import function (moto's stack has no alias)."""
+    import io
+    import zipfile
+    resources = emulator.client('cloudformation').describe_stack_resources(
+        StackName=deploy.stack)['StackResources']
+    (function,) = [r['PhysicalResourceId'] for r in resources
+                   if r.get('LogicalResourceId') == ids.IMPORT_UPLOAD]
+    lam = emulator.client('lambda')
+    for n in range(3):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, 'w') as z:
+            z.writestr('app.py', '# release %d' % n)
+        lam.update_function_code(FunctionName=function, ZipFile=buffer.getvalue())
+        newest = lam.publish_version(FunctionName=function)['Version']
+    lam.create_alias(FunctionName=function, Name=ids.LIVE_ALIAS, FunctionVersion=newest)
+
+    def published():
+        return [v['Version'] for v in lam.list_versions_by_function(
+            FunctionName=function)['Versions'] if v['Version'] != '$LATEST']
+    before = published()
+    assert len(before) >= 4, before
+    result = emulator.make('prune', 'STAGE=%s' % deploy.stage, 'KEEP_VERSIONS=1')
+    assert result.returncode == 0, _ran(result)
+    assert 'in region %s' % PROFILE_REGION in result.stdout
+    left = [before[-2], newest]
+    assert published() == left
+    assert '%s: deleted %s; live %s, kept %s' % (
+        ids.IMPORT_UPLOAD, ', '.join(before[:-2]), newest, before[-2]) in result.stdout

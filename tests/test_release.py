@@ -1,8 +1,10 @@
-"""`make rollback` (deploy/rollback.py) and the wait at the end of `make deploy`
-(deploy/release.py), against moto (mock_aws) where moto has the API.
+"""`make rollback` (deploy/rollback.py), `make prune` (deploy/prune.py) and the wait at
+the end of `make deploy` (deploy/release.py), against moto (mock_aws) where moto has
+the API.
 
-moto keeps Lambda versions and aliases, so the rollback runs on real
-list-versions-by-function / get-alias / update-alias calls. moto's CodeDeploy
+moto keeps Lambda versions and aliases, so the rollback and the pruning run on real
+list-versions-by-function / get-alias / list-aliases / update-alias / delete-function
+calls. moto's CodeDeploy
 lists and describes deployments but never moves one past "Created", so the
 waiting is tested on a stub client with the same two methods (list_deployments,
 get_deployment) that plays a deployment's states; moto checks the listing.
@@ -20,8 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'deploy'))
 
 import ids  # noqa: E402
+import prune  # noqa: E402
 import release  # noqa: E402
 import rollback  # noqa: E402
+import versions  # noqa: E402
 
 moto = pytest.importorskip('moto')
 REGION = 'eu-west-3'
@@ -140,6 +144,53 @@ def test_rollback_refuses_while_a_canary_is_shifting_traffic(aws):
     with pytest.raises(rollback.RollbackError, match='stop-deployment'):
         rollback.plan(aws.client('lambda'), {ids.API_HANDLER: api})
     assert _live(aws, api)['FunctionVersion'] == '2'
+
+
+# --- make prune ------------------------------------------------------------------
+
+def _versions(session, name):
+    return versions.published_versions(session.client('lambda'), name)
+
+
+def test_prune_keeps_live_newer_aliased_and_the_rollback_targets_and_deletes_the_rest(
+        aws, capsys):
+    # Ten versions, live on 8 with a canary to 9; 10 above live (a release under
+    # way); an operator's alias on 2.
+    api = _function(aws, 'cars-prod-APIHandler-x', 10, live=8, weights={'9': 0.1})
+    aws.client('lambda').create_alias(FunctionName=api, Name='pinned', FunctionVersion='2')
+    ingest = _function(aws, 'cars-prod-IngestQueue-x', 2, live=2)
+    hook = _function(aws, 'cars-prod-PreTrafficCheck-x', 0, live=None)
+    stack = StubCloudFormation([
+        (ids.API_HANDLER, 'AWS::Lambda::Function', api),
+        (ids.INGEST_QUEUE, 'AWS::Lambda::Function', ingest),
+        (ids.PRE_TRAFFIC_CHECK, 'AWS::Lambda::Function', hook),  # no alias: left alone
+    ])
+
+    class Session:
+        def client(self, name):
+            return stack if name == 'cloudformation' else aws.client(name)
+
+    assert prune.main(['--stack', 'cars-prod', '--region', REGION, '--keep', '3'],
+                      session=Session()) == 0
+    assert _versions(aws, api) == [2, 5, 6, 7, 8, 9, 10]
+    assert _versions(aws, ingest) == [1, 2]
+    assert capsys.readouterr().out.splitlines() == [
+        'APIHandler: deleted 1, 3, 4; live 8, kept 2, 5, 6, 7, 9, 10',
+        'IngestQueue: nothing to delete; live 2, kept 1']
+    # What is left is what make rollback needs.
+    steps = rollback.plan(aws.client('lambda'), {ids.INGEST_QUEUE: ingest})
+    assert [(s[2], s[3]) for s in steps] == [(2, 1)]
+
+
+def test_prune_dry_run_deletes_nothing_and_keep_must_leave_a_rollback_target(aws, capsys):
+    api = _function(aws, 'api', 6, live=6)
+    steps = prune.plan(aws.client('lambda'), {ids.API_HANDLER: api}, keep=2)
+    prune.prune(aws.client('lambda'), steps, dry_run=True)
+    assert _versions(aws, api) == [1, 2, 3, 4, 5, 6]
+    assert capsys.readouterr().out.splitlines() == [
+        'APIHandler: deleted 1, 2, 3; live 6, kept 4, 5 (dry run, nothing deleted)']
+    with pytest.raises(SystemExit):
+        prune.main(['--stack', 's', '--region', REGION, '--keep', '0'])
 
 
 # --- the wait at the end of make deploy ----------------------------------------------

@@ -145,8 +145,9 @@ bench: $(VENV)/.installed node_modules/.installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(VENV)/bin/python bench/run.py $(if $(TORNADO_SEED),--tornado-seed '$(TORNADO_SEED)') $(BENCH_ARGS)
 
-# Point every function's `live` alias back at the version before the one it
-# runs now, all traffic at once, and print each move (deploy/rollback.py):
+# Point every function's `live` alias back at the version the live one
+# replaced (by CodeDeploy's record, else the highest below), all traffic at
+# once, and print each move (deploy/rollback.py):
 #   make rollback STAGE=prod [ROLLBACK_ARGS='--dry-run' | '--to APIHandler=41' | '--only APIHandler']
 # It refuses while a canary is shifting traffic (stop that deployment instead:
 # `aws deploy stop-deployment --deployment-id <id> --auto-rollback-enabled`).

@@ -7,8 +7,9 @@ that succeeded. SAM retains every version it publishes, and with SnapStart
 each one's snapshot is charged for as long as the version exists. For each
 function with a `live` alias it keeps every version an alias sends traffic
 to (a canary's too), every version above the live one (a release under way,
-or one CodeDeploy rolled back), and the --keep highest below the live one
-(what `make rollback` goes back to); it deletes the rest and prints
+or one CodeDeploy rolled back), the version the live one replaced and the
+--keep highest below the live one (what `make rollback` goes back to); it
+deletes the rest and prints
 `<function>: deleted 1, 2; live 6, kept 3, 4, 5`.
 """
 import argparse
@@ -17,14 +18,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from versions import (aliased_versions, live_alias, published_versions,  # noqa: E402
-                      stack_functions)
+from versions import (aliased_versions, history, live_alias,  # noqa: E402
+                      published_versions, stack_functions)
 
 DEFAULT_KEEP = 3
 
 
-def plan(lambda_client, functions, keep=DEFAULT_KEEP):
-    """[(logical id, function name, live version, versions to delete, versions kept)]."""
+def plan(lambda_client, functions, keep=DEFAULT_KEEP, previous=None):
+    """[(logical id, function name, live version, versions to delete, versions kept)].
+
+    `previous`: (logical id, live version) -> the version it replaced, or None
+    (versions.history); that one is kept too.
+    """
     out = []
     for logical_id, name in sorted(functions.items()):
         alias = live_alias(lambda_client, name)
@@ -35,6 +40,9 @@ def plan(lambda_client, functions, keep=DEFAULT_KEEP):
         below = [v for v in versions if v < live]
         kept = set(below[-keep:] if keep else []) | aliased_versions(lambda_client, name)
         kept |= {v for v in versions if v >= live}
+        replaced = previous(logical_id, live) if previous else None
+        if replaced is not None:
+            kept.add(replaced)
         out.append((logical_id, name, live, [v for v in versions if v not in kept],
                     [v for v in versions if v in kept and v != live]))
     return out
@@ -71,7 +79,7 @@ def main(argv=None, session=None):
         session = boto3.session.Session(region_name=args.region)
     lambda_client = session.client('lambda')
     functions = stack_functions(session.client('cloudformation'), args.stack)
-    steps = plan(lambda_client, functions, args.keep)
+    steps = plan(lambda_client, functions, args.keep, history(session, args.stack))
     if not steps:
         print('prune: no function of %s has a live alias; nothing deleted' % args.stack)
         return 0

@@ -21,34 +21,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from ids import CODEDEPLOY_APPLICATION  # noqa: E402 - deploy/ is not a package
+from versions import stack_codedeploy  # noqa: E402 - deploy/ is not a package
 
 TERMINAL = {'Succeeded', 'Failed', 'Stopped'}
-GROUP = 'DeploymentGroup'
 # The deploy's start is the caller's clock; CodeDeploy's createTime is AWS's.
 CLOCK_SKEW = datetime.timedelta(minutes=1)
 # Canary10Percent5Minutes: the hook, 5 minutes at 10%, the shift, with room.
 DEFAULT_TIMEOUT = 30 * 60
-
-
-def stack_codedeploy(cloudformation, stack):
-    """(application name, {deployment group name: its function}) of the
-    stack's CodeDeploy resources, or (None, {}) when it has none."""
-    application, groups = None, {}
-    paginator = cloudformation.get_paginator('list_stack_resources')
-    for page in paginator.paginate(StackName=stack):
-        for resource in page['StackResourceSummaries']:
-            kind = resource['ResourceType']
-            if kind == 'AWS::CodeDeploy::Application' and \
-                    resource['LogicalResourceId'] == CODEDEPLOY_APPLICATION:
-                application = resource.get('PhysicalResourceId')
-            elif kind == 'AWS::CodeDeploy::DeploymentGroup' and resource.get(
-                    'PhysicalResourceId'):
-                # SAM names a function's group <Function>DeploymentGroup.
-                name = resource['LogicalResourceId']
-                groups[resource['PhysicalResourceId']] = name[:-len(GROUP)] \
-                    if name.endswith(GROUP) else name
-    return application, groups
 
 
 def deployments_since(codedeploy, application, groups, since):

@@ -4,10 +4,13 @@
         [--to APIHandler=41 ...] [--only APIHandler ...]
 
 `make rollback STAGE=prod` runs it. For every function of the stack with a
-`live` alias: the alias's version now (get-alias), the highest published
-version below it (list-versions-by-function), and the alias moved there,
-all traffic at once. It prints `<function>: live <now> -> <previous>`.
-`--to Function=N` picks the version instead; `--dry-run` only prints.
+`live` alias: the alias's version now (get-alias), the version it replaced,
+and the alias moved there, all traffic at once. The version it replaced is
+the one CodeDeploy's last successful deployment to it moved traffic from;
+without such a record (the first version, or an alias moved by hand) it is
+the highest published version below. It prints `<function>: live <now> ->
+<previous>`, saying which way it was found. `--to Function=N` picks the
+version instead; `--dry-run` only prints.
 
 It refuses while a canary is under way (the alias has a weighted second
 version): stop that deployment instead (`aws deploy stop-deployment
@@ -24,18 +27,24 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ids import LIVE_ALIAS  # noqa: E402 - deploy/ is not a package
-from versions import live_alias, published_versions, stack_functions  # noqa: E402
+from versions import history, live_alias, published_versions, stack_functions  # noqa: E402
 
 
 class RollbackError(Exception):
     pass
 
 
-def plan(lambda_client, functions, targets=None):
-    """[(logical id, function name, version now, version to go to)].
+BY_HISTORY = 'the version it replaced'
+BY_NUMBER = 'the highest below it (no CodeDeploy record of what it replaced)'
+BY_HAND = 'chosen with --to'
 
-    `targets`: {logical id: version} chosen by hand. Raises RollbackError when a
-    function is mid-canary or has no earlier version.
+
+def plan(lambda_client, functions, targets=None, previous=None):
+    """[(logical id, function name, version now, version to go to, how it was chosen)].
+
+    `targets`: {logical id: version} chosen by hand. `previous`: (logical id,
+    live version) -> the version it replaced, or None (versions.history).
+    Raises RollbackError when a function is mid-canary or has no earlier version.
     """
     targets = targets or {}
     out, problems = [], []
@@ -52,18 +61,24 @@ def plan(lambda_client, functions, targets=None):
             continue
         versions = published_versions(lambda_client, name)
         if logical_id in targets:
-            to = int(targets[logical_id])
+            to, how = int(targets[logical_id]), BY_HAND
             if to not in versions:
                 problems.append('%s: no version %d (has %s)' % (logical_id, to, versions))
                 continue
         else:
-            earlier = [v for v in versions if v < now]
-            if not earlier:
-                problems.append('%s: live is version %d, there is no earlier one'
-                                % (logical_id, now))
+            to, how = (previous(logical_id, now) if previous else None), BY_HISTORY
+            if to is not None and to not in versions:
+                problems.append('%s: live %d replaced version %d, which is deleted; pick '
+                                'one with --to (has %s)' % (logical_id, now, to, versions))
                 continue
-            to = earlier[-1]
-        out.append((logical_id, name, now, to))
+            if to is None:
+                earlier = [v for v in versions if v < now]
+                if not earlier:
+                    problems.append('%s: live is version %d, there is no earlier one'
+                                    % (logical_id, now))
+                    continue
+                to, how = earlier[-1], BY_NUMBER
+        out.append((logical_id, name, now, to, how))
     unknown = set(targets) - {p[0] for p in out} - {p.split(':')[0] for p in problems}
     problems += ['%s: not a function of this stack with a %s alias' % (f, LIVE_ALIAS)
                  for f in sorted(unknown)]
@@ -73,13 +88,13 @@ def plan(lambda_client, functions, targets=None):
 
 
 def roll_back(lambda_client, steps, dry_run=False, say=print):
-    for logical_id, name, now, to in steps:
+    for logical_id, name, now, to, how in steps:
         if not dry_run:
             lambda_client.update_alias(FunctionName=name, Name=LIVE_ALIAS,
                                        FunctionVersion=str(to),
                                        RoutingConfig={'AdditionalVersionWeights': {}})
-        say('%s: %s %d -> %d%s' % (logical_id, LIVE_ALIAS, now, to,
-                                   ' (dry run, nothing changed)' if dry_run else ''))
+        say('%s: %s %d -> %d, %s%s' % (logical_id, LIVE_ALIAS, now, to, how,
+                                       ' (dry run, nothing changed)' if dry_run else ''))
 
 
 def _target(text):
@@ -107,7 +122,7 @@ def main(argv=None, session=None):
     if args.only:
         functions = {k: v for k, v in functions.items() if k in args.only}
     try:
-        steps = plan(lambda_client, functions, dict(args.to))
+        steps = plan(lambda_client, functions, dict(args.to), history(session, args.stack))
     except RollbackError as e:
         print('rollback: nothing changed:\n%s' % e, file=sys.stderr)
         return 1

@@ -115,7 +115,9 @@ def test_rollback_moves_each_live_alias_to_the_version_before_and_says_so(aws, c
     # Not the newest version: the one below the live one.
     assert _live(aws, ingest)['FunctionVersion'] == '3'
     out = capsys.readouterr().out.splitlines()
-    assert out == ['APIHandler: live 3 -> 2', 'IngestQueue: live 4 -> 3']
+    by_number = 'the highest below it (no CodeDeploy record of what it replaced)'
+    assert out == ['APIHandler: live 3 -> 2, ' + by_number,
+                   'IngestQueue: live 4 -> 3, ' + by_number]
 
 
 def test_rollback_dry_run_and_a_chosen_version(aws, capsys):
@@ -123,7 +125,8 @@ def test_rollback_dry_run_and_a_chosen_version(aws, capsys):
     steps = rollback.plan(aws.client('lambda'), {ids.API_HANDLER: api})
     rollback.roll_back(aws.client('lambda'), steps, dry_run=True)
     assert _live(aws, api)['FunctionVersion'] == '4'
-    assert 'APIHandler: live 4 -> 3 (dry run, nothing changed)' in capsys.readouterr().out
+    assert 'APIHandler: live 4 -> 3, the highest below it (no CodeDeploy record of what it ' \
+        'replaced) (dry run, nothing changed)' in capsys.readouterr().out
     steps = rollback.plan(aws.client('lambda'), {ids.API_HANDLER: api}, {ids.API_HANDLER: 1})
     rollback.roll_back(aws.client('lambda'), steps)
     assert _live(aws, api)['FunctionVersion'] == '1'
@@ -144,6 +147,83 @@ def test_rollback_refuses_while_a_canary_is_shifting_traffic(aws):
     with pytest.raises(rollback.RollbackError, match='stop-deployment'):
         rollback.plan(aws.client('lambda'), {ids.API_HANDLER: api})
     assert _live(aws, api)['FunctionVersion'] == '2'
+
+
+class StubHistory:
+    """The CodeDeploy calls versions.previous_live makes, over [(deployment id,
+    create time, CurrentVersion, TargetVersion)] of succeeded deployments to one
+    group (moto's CodeDeploy runs no deployment, so has no targets)."""
+
+    def __init__(self, deployments, group='api-group'):
+        self.deployments = {d[0]: d for d in deployments}
+        self.group = group
+
+    def list_deployments(self, applicationName, deploymentGroupName, includeOnlyStatuses,
+                         nextToken=None):
+        assert includeOnlyStatuses == ['Succeeded']
+        ids_ = list(self.deployments) if deploymentGroupName == self.group else []
+        # Two pages, in no particular order, as the API promises none.
+        half = len(ids_) // 2
+        if nextToken is None:
+            return {'deployments': ids_[half:], 'nextToken': 'more'}
+        return {'deployments': ids_[:half]}
+
+    def batch_get_deployments(self, deploymentIds):
+        assert len(deploymentIds) <= 25
+        return {'deploymentsInfo': [
+            {'deploymentId': d, 'createTime': datetime.datetime(
+                2026, 12, 1, self.deployments[d][1], tzinfo=datetime.timezone.utc)}
+            for d in deploymentIds]}
+
+    def list_deployment_targets(self, deploymentId):
+        return {'targetIds': ['fn:live']}
+
+    def get_deployment_target(self, deploymentId, targetId):
+        _, _, current, target = self.deployments[deploymentId]
+        return {'deploymentTarget': {'deploymentTargetType': 'LambdaTarget', 'lambdaTarget': {
+            'lambdaFunctionInfo': {'functionAlias': 'live', 'currentVersion': str(current),
+                                   'targetVersion': str(target)}}}}
+
+
+def _stack_with_codedeploy(session, function, codedeploy):
+    stack = StubCloudFormation([
+        (ids.API_HANDLER, 'AWS::Lambda::Function', function),
+        (ids.CODEDEPLOY_APPLICATION, 'AWS::CodeDeploy::Application', 'cars-prod-app'),
+        (ids.deployment_group(ids.API_HANDLER), 'AWS::CodeDeploy::DeploymentGroup',
+         'api-group'),
+    ])
+
+    class Session:
+        def client(self, name):
+            return {'cloudformation': stack, 'codedeploy': codedeploy}.get(
+                name) or session.client(name)
+    return Session()
+
+
+# 7 live. 4 and 6 were released and rolled back by CodeDeploy: no succeeded
+# deployment made them live, so 5 is what 7 replaced.
+RELEASES = [('d-3', 1, 2, 3), ('d-5', 2, 3, 5), ('d-7', 3, 5, 7)]
+
+
+def test_rollback_goes_to_the_version_the_live_one_replaced_not_a_rolled_back_one(
+        aws, capsys):
+    api = _function(aws, 'api', 7, live=7)
+    session = _stack_with_codedeploy(aws, api, StubHistory(RELEASES))
+    assert rollback.main(['--stack', 'cars-prod', '--region', REGION], session=session) == 0
+    assert _live(aws, api)['FunctionVersion'] == '5'
+    assert capsys.readouterr().out.splitlines() == [
+        'APIHandler: live 7 -> 5, the version it replaced']
+    # From 5, the record of how 5 went live: back to 3.
+    assert rollback.main(['--stack', 'cars-prod', '--region', REGION], session=session) == 0
+    assert _live(aws, api)['FunctionVersion'] == '3'
+
+
+def test_rollback_refuses_when_the_version_live_replaced_is_deleted(aws):
+    api = _function(aws, 'api', 7, live=7)
+    aws.client('lambda').delete_function(FunctionName=api, Qualifier='5')
+    session = _stack_with_codedeploy(aws, api, StubHistory(RELEASES))
+    assert rollback.main(['--stack', 'cars-prod', '--region', REGION], session=session) == 1
+    assert _live(aws, api)['FunctionVersion'] == '7'
 
 
 # --- make prune ------------------------------------------------------------------
@@ -180,6 +260,16 @@ def test_prune_keeps_live_newer_aliased_and_the_rollback_targets_and_deletes_the
     # What is left is what make rollback needs.
     steps = rollback.plan(aws.client('lambda'), {ids.INGEST_QUEUE: ingest})
     assert [(s[2], s[3]) for s in steps] == [(2, 1)]
+
+
+def test_prune_keeps_the_version_the_live_one_replaced(aws, capsys):
+    api = _function(aws, 'api', 7, live=7)
+    session = _stack_with_codedeploy(aws, api, StubHistory(RELEASES))
+    assert prune.main(['--stack', 'cars-prod', '--region', REGION, '--keep', '1'],
+                      session=session) == 0
+    assert versions.published_versions(aws.client('lambda'), api) == [5, 6, 7]
+    assert capsys.readouterr().out.splitlines() == [
+        'APIHandler: deleted 1, 2, 3, 4; live 7, kept 5, 6']
 
 
 def test_prune_dry_run_deletes_nothing_and_keep_must_leave_a_rollback_target(aws, capsys):

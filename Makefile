@@ -102,12 +102,15 @@ PARAMETER_OVERRIDES = $(strip \
 	$(if $(ALARM_EMAIL),'AlarmEmail=$(ALARM_EMAIL)') \
 	$(if $(LOG_LEVEL),'ApplicationLogLevel=$(LOG_LEVEL)') \
 	$(if $(ACCOUNT_LOGGING_ROLE),'CreateApiGatewayAccountRole=$(ACCOUNT_LOGGING_ROLE)'))
+# Shell for a recipe: $$region as the AWS CLI finds it (AWS_REGION, else
+# AWS_DEFAULT_REGION, else the profile's), or stop with a message.
+FIND_REGION = region="$${AWS_REGION:-$${AWS_DEFAULT_REGION:-$$(aws configure get region || true)}}"; \
+	test -n "$$region" || { echo "no AWS region: set one in your profile (aws configure), or AWS_REGION" >&2; exit 2; }
 .PHONY: deploy
 deploy: package
 	@set -eu; \
 	test -n "$(ARTIFACT_BUCKET)" || { echo "set ARTIFACT_BUCKET=<an S3 bucket for the code>" >&2; exit 2; }; \
-	region="$${AWS_REGION:-$${AWS_DEFAULT_REGION:-$$(aws configure get region || true)}}"; \
-	test -n "$$region" || { echo "no AWS region: set one in your profile (aws configure), or AWS_REGION" >&2; exit 2; }; \
+	$(FIND_REGION); \
 	account="$$(aws sts get-caller-identity --region "$$region" --query Account --output text)"; \
 	echo "deploying stack $(STACK) (stage $(STAGE)) to account $$account in region $$region"; \
 	set -x; \
@@ -156,8 +159,7 @@ ROLLBACK_ARGS ?=
 .PHONY: rollback
 rollback: $(VENV)/.installed
 	@set -eu; \
-	region="$${AWS_REGION:-$${AWS_DEFAULT_REGION:-$$(aws configure get region || true)}}"; \
-	test -n "$$region" || { echo "no AWS region: set one in your profile (aws configure), or AWS_REGION" >&2; exit 2; }; \
+	$(FIND_REGION); \
 	echo "rolling back stack $(STACK) (stage $(STAGE)) in region $$region"; \
 	$(VENV)/bin/python deploy/rollback.py --stack $(STACK) --region "$$region" $(ROLLBACK_ARGS)
 
@@ -171,8 +173,7 @@ PRUNE_ARGS ?=
 .PHONY: prune
 prune: $(VENV)/.installed
 	@set -eu; \
-	region="$${AWS_REGION:-$${AWS_DEFAULT_REGION:-$$(aws configure get region || true)}}"; \
-	test -n "$$region" || { echo "no AWS region: set one in your profile (aws configure), or AWS_REGION" >&2; exit 2; }; \
+	$(FIND_REGION); \
 	echo "pruning the versions of stack $(STACK) (stage $(STAGE)) in region $$region"; \
 	$(VENV)/bin/python deploy/prune.py --stack $(STACK) --region "$$region" --keep $(KEEP_VERSIONS) $(PRUNE_ARGS)
 

@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from versions import (aliased_versions, history, live_alias,  # noqa: E402
-                      published_versions, stack_functions)
+                      published_versions, stack_functions, stack_resources)
 
 DEFAULT_KEEP = 3
 
@@ -78,8 +78,9 @@ def main(argv=None, session=None):
         import boto3
         session = boto3.session.Session(region_name=args.region)
     lambda_client = session.client('lambda')
-    functions = stack_functions(session.client('cloudformation'), args.stack)
-    steps = plan(lambda_client, functions, args.keep, history(session, args.stack))
+    resources = stack_resources(session.client('cloudformation'), args.stack)
+    steps = plan(lambda_client, stack_functions(resources), args.keep,
+                 history(session, resources))
     if not steps:
         print('prune: no function of %s has a live alias; nothing deleted' % args.stack)
         return 0

@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from versions import stack_codedeploy  # noqa: E402 - deploy/ is not a package
+from versions import stack_codedeploy, stack_resources  # noqa: E402 - deploy/ is not a package
 
 TERMINAL = {'Succeeded', 'Failed', 'Stopped'}
 # The deploy's start is the caller's clock; CodeDeploy's createTime is AWS's.
@@ -105,7 +105,7 @@ def report(infos, functions):
 
 
 def run(cloudformation, codedeploy, stack, since, timeout=DEFAULT_TIMEOUT, **wait_args):
-    application, groups = stack_codedeploy(cloudformation, stack)
+    application, groups = stack_codedeploy(stack_resources(cloudformation, stack))
     if application is None:
         return 0, 'release: stack %s has no CodeDeploy application' % stack
     functions = deployments_since(codedeploy, application, groups, since - CLOCK_SKEW)

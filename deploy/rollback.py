@@ -27,7 +27,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ids import LIVE_ALIAS  # noqa: E402 - deploy/ is not a package
-from versions import history, live_alias, published_versions, stack_functions  # noqa: E402
+from versions import (history, live_alias, published_versions, stack_functions,  # noqa: E402
+                      stack_resources)
 
 
 class RollbackError(Exception):
@@ -118,11 +119,12 @@ def main(argv=None, session=None):
         import boto3
         session = boto3.session.Session(region_name=args.region)
     lambda_client = session.client('lambda')
-    functions = stack_functions(session.client('cloudformation'), args.stack)
+    resources = stack_resources(session.client('cloudformation'), args.stack)
+    functions = stack_functions(resources)
     if args.only:
         functions = {k: v for k, v in functions.items() if k in args.only}
     try:
-        steps = plan(lambda_client, functions, dict(args.to), history(session, args.stack))
+        steps = plan(lambda_client, functions, dict(args.to), history(session, resources))
     except RollbackError as e:
         print('rollback: nothing changed:\n%s' % e, file=sys.stderr)
         return 1

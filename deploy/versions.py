@@ -13,16 +13,17 @@ GROUP = 'DeploymentGroup'
 BATCH = 25
 
 
-def stack_functions(cloudformation, stack):
-    """{logical id: function name} of the stack's Lambda functions."""
-    out = {}
+def stack_resources(cloudformation, stack):
+    """The stack's resource summaries (list-stack-resources, every page)."""
     paginator = cloudformation.get_paginator('list_stack_resources')
-    for page in paginator.paginate(StackName=stack):
-        for resource in page['StackResourceSummaries']:
-            if resource['ResourceType'] == 'AWS::Lambda::Function' and \
-                    resource.get('PhysicalResourceId'):
-                out[resource['LogicalResourceId']] = resource['PhysicalResourceId']
-    return out
+    return [resource for page in paginator.paginate(StackName=stack)
+            for resource in page['StackResourceSummaries']]
+
+
+def stack_functions(resources):
+    """{logical id: function name} of the stack's Lambda functions."""
+    return {r['LogicalResourceId']: r['PhysicalResourceId'] for r in resources
+            if r['ResourceType'] == 'AWS::Lambda::Function' and r.get('PhysicalResourceId')}
 
 
 def published_versions(lambda_client, function):
@@ -53,23 +54,20 @@ def aliased_versions(lambda_client, function):
     return {int(v) for v in out if v.isdigit()}
 
 
-def stack_codedeploy(cloudformation, stack):
+def stack_codedeploy(resources):
     """(application name, {deployment group name: its function}) of the
     stack's CodeDeploy resources, or (None, {}) when it has none."""
     application, groups = None, {}
-    paginator = cloudformation.get_paginator('list_stack_resources')
-    for page in paginator.paginate(StackName=stack):
-        for resource in page['StackResourceSummaries']:
-            kind = resource['ResourceType']
-            if kind == 'AWS::CodeDeploy::Application' and \
-                    resource['LogicalResourceId'] == CODEDEPLOY_APPLICATION:
-                application = resource.get('PhysicalResourceId')
-            elif kind == 'AWS::CodeDeploy::DeploymentGroup' and resource.get(
-                    'PhysicalResourceId'):
-                # SAM names a function's group <Function>DeploymentGroup.
-                name = resource['LogicalResourceId']
-                groups[resource['PhysicalResourceId']] = name[:-len(GROUP)] \
-                    if name.endswith(GROUP) else name
+    for resource in resources:
+        kind = resource['ResourceType']
+        if kind == 'AWS::CodeDeploy::Application' and \
+                resource['LogicalResourceId'] == CODEDEPLOY_APPLICATION:
+            application = resource.get('PhysicalResourceId')
+        elif kind == 'AWS::CodeDeploy::DeploymentGroup' and resource.get('PhysicalResourceId'):
+            # SAM names a function's group <Function>DeploymentGroup.
+            name = resource['LogicalResourceId']
+            groups[resource['PhysicalResourceId']] = name[:-len(GROUP)] \
+                if name.endswith(GROUP) else name
     return application, groups
 
 
@@ -79,7 +77,8 @@ def previous_live(codedeploy, application, group, live):
     moved by hand or by make rollback).
 
     A version CodeDeploy rolled back never served all traffic: this is the one
-    that did before `live`, whatever the numbers between.
+    that did before `live`, whatever the numbers between. Versions only grow,
+    so the release that made `live` live moved the alias up to it.
     """
     ids, kwargs = [], {'applicationName': application, 'deploymentGroupName': group,
                        'includeOnlyStatuses': ['Succeeded']}
@@ -93,6 +92,7 @@ def previous_live(codedeploy, application, group, live):
     for start in range(0, len(ids), BATCH):
         infos += codedeploy.batch_get_deployments(
             deploymentIds=ids[start:start + BATCH]).get('deploymentsInfo', [])
+    # Newest first: the release that made `live` live is usually the latest.
     for info in sorted(infos, key=lambda i: i['createTime'], reverse=True):
         deployment_id = info['deploymentId']
         for target in codedeploy.list_deployment_targets(
@@ -101,15 +101,19 @@ def previous_live(codedeploy, application, group, live):
                 deploymentId=deployment_id, targetId=target)['deploymentTarget'].get(
                 'lambdaTarget', {}).get('lambdaFunctionInfo', {})
             current = function.get('currentVersion') or ''
-            if function.get('targetVersion') == str(live) and current.isdigit():
+            # A move to a lower version is a rollback (the stack's own, after
+            # another function failed), not the release that made `live` live.
+            if function.get('targetVersion') == str(live) and current.isdigit() \
+                    and int(current) < live:
                 return int(current)
     return None
 
 
-def history(session, stack):
-    """previous_live for the stack's functions: a function (logical id, live) ->
-    version or None; None for every function when the stack has no CodeDeploy."""
-    application, groups = stack_codedeploy(session.client('cloudformation'), stack)
+def history(session, resources):
+    """previous_live for the stack's functions (`resources`: stack_resources): a
+    function (logical id, live) -> version or None; None for every function when
+    the stack has no CodeDeploy."""
+    application, groups = stack_codedeploy(resources)
     group_of = {function: group for group, function in groups.items()}
     codedeploy = session.client('codedeploy') if application else None
 

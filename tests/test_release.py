@@ -88,6 +88,14 @@ def _function(session, name, versions, live, weights=None):
     return name
 
 
+def _session(aws, **stubs):
+    """A boto3 session whose clients are moto's, but for the named stubs."""
+    class Session:
+        def client(self, name):
+            return stubs[name] if name in stubs else aws.client(name)
+    return Session()
+
+
 def _live(session, name):
     return session.client('lambda').get_alias(FunctionName=name, Name=ids.LIVE_ALIAS)
 
@@ -105,11 +113,8 @@ def test_rollback_moves_each_live_alias_to_the_version_before_and_says_so(aws, c
         (ids.alias_resource(ids.API_HANDLER), 'AWS::Lambda::Alias', api + ':live'),
     ])
 
-    class Session:
-        def client(self, name):
-            return stack if name == 'cloudformation' else aws.client(name)
-
-    status = rollback.main(['--stack', 'cars-prod', '--region', REGION], session=Session())
+    status = rollback.main(['--stack', 'cars-prod', '--region', REGION],
+                           session=_session(aws, cloudformation=stack))
     assert status == 0
     assert _live(aws, api)['FunctionVersion'] == '2'
     # Not the newest version: the one below the live one.
@@ -193,11 +198,7 @@ def _stack_with_codedeploy(session, function, codedeploy):
          'api-group'),
     ])
 
-    class Session:
-        def client(self, name):
-            return {'cloudformation': stack, 'codedeploy': codedeploy}.get(
-                name) or session.client(name)
-    return Session()
+    return _session(session, cloudformation=stack, codedeploy=codedeploy)
 
 
 # 7 live. 4 and 6 were released and rolled back by CodeDeploy: no succeeded
@@ -214,6 +215,16 @@ def test_rollback_goes_to_the_version_the_live_one_replaced_not_a_rolled_back_on
     assert capsys.readouterr().out.splitlines() == [
         'APIHandler: live 7 -> 5, the version it replaced']
     # From 5, the record of how 5 went live: back to 3.
+    assert rollback.main(['--stack', 'cars-prod', '--region', REGION], session=session) == 0
+    assert _live(aws, api)['FunctionVersion'] == '3'
+
+
+def test_rollback_ignores_the_stack_rollback_that_moved_the_alias_back_down(aws, capsys):
+    # 7 was released, then the stack rolled back (another function failed):
+    # CodeDeploy moved the alias 7 -> 5, a deployment that succeeded too.
+    api = _function(aws, 'api', 7, live=5)
+    history = StubHistory(RELEASES + [('d-back', 4, 7, 5)])
+    session = _stack_with_codedeploy(aws, api, history)
     assert rollback.main(['--stack', 'cars-prod', '--region', REGION], session=session) == 0
     assert _live(aws, api)['FunctionVersion'] == '3'
 
@@ -246,12 +257,8 @@ def test_prune_keeps_live_newer_aliased_and_the_rollback_targets_and_deletes_the
         (ids.PRE_TRAFFIC_CHECK, 'AWS::Lambda::Function', hook),  # no alias: left alone
     ])
 
-    class Session:
-        def client(self, name):
-            return stack if name == 'cloudformation' else aws.client(name)
-
     assert prune.main(['--stack', 'cars-prod', '--region', REGION, '--keep', '3'],
-                      session=Session()) == 0
+                      session=_session(aws, cloudformation=stack)) == 0
     assert _versions(aws, api) == [2, 5, 6, 7, 8, 9, 10]
     assert _versions(aws, ingest) == [1, 2]
     assert capsys.readouterr().out.splitlines() == [
